@@ -1,0 +1,420 @@
+"""The supervisor: one per node. Owns sockets, workers, health checks and signals.
+
+How this works:
+
+* It creates the listening sockets itself: for every bind, one SO_REUSEPORT
+  socket per worker slot, and keeps them open for its whole life. A worker
+  gets its slot's sockets over its channel. Because the supervisor holds them,
+  a worker that restarts or rebuilds its servers never lets a queued
+  connection be reset.
+* Workers are separate processes (``python -m tlsgate.worker``), spawned with
+  one end of a socketpair; a dead worker is respawned onto the same slot.
+* SIGHUP: re-read and validate the config and certificates; on success push
+  the new model to every worker (in place, no restart) and adjust sockets,
+  worker count and health checks; on failure log every problem and keep
+  serving the old configuration.
+* SIGTERM/SIGINT: tell every worker to drain within ``node.shutdown_timeout``,
+  wait for them, exit.
+* Health checks run here and changes are pushed to every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import uvloop
+
+from tlsgate.certs.bundle import CertificateBundle, load_bundles
+from tlsgate.certs.cache import make_client_context
+from tlsgate.config.loader import load_config
+from tlsgate.config.model import BindAddress, Config
+from tlsgate.errors import CertificateError, ConfigError, TlsgateError
+from tlsgate.features import unsupported_features
+from tlsgate.ipc import Channel, Configure, Configured, HealthUpdate, Message, Stop
+from tlsgate.logs import setup_error_log
+from tlsgate.net.health_check import HealthChecker
+
+log = logging.getLogger("tlsgate.supervisor")
+
+CONFIGURE_TIMEOUT = 30.0
+RESTART_WINDOW = 30.0
+RESTARTS_BEFORE_BACKOFF = 5
+
+
+class StartupError(TlsgateError):
+    """The node could not start (bind failure, workers that won't come up)."""
+
+
+@dataclass(eq=False)
+class WorkerHandle:
+    slot: int
+    proc: subprocess.Popen[bytes]
+    channel: Channel
+    generation: int = 0
+    acks: dict[int, asyncio.Future[Configured]] = field(default_factory=dict)
+    restarts: list[float] = field(default_factory=list)
+
+
+def worker_count(config: Config) -> int:
+    return config.node.workers or os.cpu_count() or 1
+
+
+def all_binds(config: Config) -> list[BindAddress]:
+    return [b for lc in config.listeners for b in lc.bind]
+
+
+def open_listening_socket(bind: BindAddress) -> socket.socket:
+    """A non-blocking SO_REUSEPORT listening socket. Raises StartupError naming the bind."""
+    family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((bind.host, bind.port))
+        sock.listen(4096)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {bind}: {exc.strerror or exc}") from exc
+    return sock
+
+
+def load_everything(path: str) -> tuple[Config, tuple[CertificateBundle, ...]]:
+    """Config + certificates, fully validated.
+
+    Raises:
+        ConfigError: the config, or a feature it asks for, is invalid here.
+        CertificateError: a certificate or key file is unusable.
+    """
+    config = load_config(path)
+    problems = unsupported_features(config)
+    if problems:
+        raise ConfigError(problems)
+    bundles = tuple(load_bundles(config))
+    for b in bundles:
+        if b.not_after.timestamp() < time.time():
+            log.warning("certificate %s expired on %s", b.name, b.not_after.isoformat())
+    return config, bundles
+
+
+class Supervisor:
+    def __init__(self, config_path: str, config: Config, bundles: tuple[CertificateBundle, ...]):
+        self.config_path = config_path
+        self.config = config
+        self.bundles = bundles
+        self.generation = 1
+        self.sockets: dict[int, dict[BindAddress, socket.socket]] = {}
+        self.workers: dict[int, WorkerHandle] = {}
+        self.health: dict[tuple[str, str], bool] = {}
+        self.checkers: dict[tuple[str, str], HealthChecker] = {}
+        self.stopping = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._reload_lock: asyncio.Lock | None = None
+
+    def is_stopping(self) -> bool:
+        return self.stopping
+
+    # ---- sockets -----------------------------------------------------------------------------
+
+    def _open_slot_sockets(self, slot: int, binds: list[BindAddress]) -> list[socket.socket]:
+        """Open this slot's missing sockets; returns the new ones (for rollback)."""
+        have = self.sockets.setdefault(slot, {})
+        opened: list[socket.socket] = []
+        try:
+            for bind in binds:
+                if bind not in have:
+                    s = open_listening_socket(bind)
+                    have[bind] = s
+                    opened.append(s)
+        except StartupError:
+            for bind, s in list(have.items()):
+                if s in opened:
+                    s.close()
+                    del have[bind]
+            raise
+        return opened
+
+    # ---- workers -----------------------------------------------------------------------------
+
+    def _spawn(self, slot: int, restarts: list[float] | None = None) -> WorkerHandle:
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        child_fd = child.fileno()
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tlsgate.worker",
+                "--ipc-fd",
+                str(child_fd),
+                "--slot",
+                str(slot),
+            ],
+            pass_fds=[child_fd],
+            stdin=subprocess.DEVNULL,
+        )
+        child.close()
+        handle = WorkerHandle(slot, proc, Channel(parent), restarts=restarts or [])
+        assert self.loop is not None
+        handle.channel.attach(
+            self.loop,
+            lambda m, fds, h=handle: self._on_worker_message(h, m, fds),  # type: ignore[misc]
+            lambda: None,
+        )
+        self.workers[slot] = handle
+        log.info("worker %d started (pid %d)", slot, proc.pid)
+        return handle
+
+    def _on_worker_message(self, handle: WorkerHandle, message: Message, fds: list[int]) -> None:
+        for fd in fds:
+            os.close(fd)
+        if isinstance(message, Configured):
+            fut = handle.acks.pop(message.generation, None)
+            if fut is not None and not fut.done():
+                fut.set_result(message)
+
+    def _configure(self, handle: WorkerHandle) -> asyncio.Future[Configured]:
+        assert self.loop is not None
+        binds = all_binds(self.config)
+        slot_socks = self.sockets[handle.slot]
+        fut: asyncio.Future[Configured] = self.loop.create_future()
+        handle.acks[self.generation] = fut
+        msg = Configure(
+            generation=self.generation,
+            config=self.config,
+            bundles=self.bundles,
+            binds=tuple(binds),
+            health=dict(self.health),
+        )
+        try:
+            handle.channel.send(msg, [slot_socks[b].fileno() for b in binds])
+        except OSError as exc:
+            fut.set_result(Configured(handle.slot, self.generation, error=f"channel: {exc}"))
+        return fut
+
+    async def _await_configured(self, futs: list[asyncio.Future[Configured]]) -> list[str]:
+        errors: list[str] = []
+        try:
+            async with asyncio.timeout(CONFIGURE_TIMEOUT):
+                results = await asyncio.gather(*futs)
+        except TimeoutError:
+            return [f"a worker did not apply the configuration within {CONFIGURE_TIMEOUT:g}s"]
+        for r in results:
+            if r.error:
+                errors.append(f"worker {r.slot}: {r.error}")
+        return errors
+
+    async def _watch_children(self) -> None:
+        while not self.stopping:
+            await asyncio.sleep(0.2)
+            for slot, handle in list(self.workers.items()):
+                code = handle.proc.poll()
+                if code is None or self.stopping:
+                    continue
+                handle.channel.close()
+                if slot not in self.sockets:
+                    del self.workers[slot]  # retired by a reload
+                    continue
+                now = time.monotonic()
+                recent = [t for t in handle.restarts if now - t < RESTART_WINDOW]
+                log.error(
+                    "worker %d (pid %d) exited with status %s; restarting",
+                    slot,
+                    handle.proc.pid,
+                    code,
+                )
+                if len(recent) >= RESTARTS_BEFORE_BACKOFF:
+                    log.error("worker %d keeps dying; waiting 5s before the next restart", slot)
+                    del self.workers[slot]
+                    await asyncio.sleep(5.0)
+                    if self.is_stopping():
+                        return
+                recent.append(now)
+                new = self._spawn(slot, recent)
+                errors = await self._await_configured([self._configure(new)])
+                for e in errors:
+                    log.error("restarted %s", e)
+
+    # ---- health checks -----------------------------------------------------------------------
+
+    def _on_health_change(self, backend: str, server: str, healthy: bool) -> None:
+        self.health[(backend, server)] = healthy
+        msg = HealthUpdate(backend, server, healthy)
+        for handle in list(self.workers.values()):
+            # a dead worker gets the full state when it is respawned
+            with contextlib.suppress(OSError):
+                handle.channel.send(msg)
+
+    def _sync_health_checkers(self) -> None:
+        wanted: dict[tuple[str, str], HealthChecker] = {}
+        for b in self.config.backends:
+            if b.health is None:
+                continue
+            ctx = (
+                make_client_context(verify=b.tls == "verify", ca_file=b.ca_file)
+                if b.tls != "off"
+                else None
+            )
+            for s in b.servers:
+                key = (b.name, s.address)
+                old = self.checkers.get(key)
+                if old is not None and old.backend == b:
+                    wanted[key] = old
+                    continue
+                if old is not None:
+                    old.stop()
+                checker = HealthChecker(
+                    b, s, ctx, self._on_health_change, initially_up=self.health.get(key, True)
+                )
+                checker.start()
+                wanted[key] = checker
+        for key, checker in self.checkers.items():
+            if key not in wanted:
+                checker.stop()
+        self.checkers = wanted
+        # servers without active checks are considered up
+        for key in list(self.health):
+            if key not in wanted:
+                del self.health[key]
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        n = worker_count(self.config)
+        binds = all_binds(self.config)
+        for slot in range(n):
+            self._open_slot_sockets(slot, binds)
+        futs = []
+        for slot in range(n):
+            futs.append(self._configure(self._spawn(slot)))
+        errors = await self._await_configured(futs)
+        if errors:
+            for e in errors:
+                log.error("%s", e)
+            await self._shutdown(5.0)
+            raise StartupError("workers could not start; see the errors above")
+        self.loop.add_signal_handler(signal.SIGHUP, lambda: self.loop.create_task(self.reload()))  # type: ignore[union-attr]
+        self.loop.add_signal_handler(signal.SIGTERM, self._stop_event.set)
+        self.loop.add_signal_handler(signal.SIGINT, self._stop_event.set)
+        self._sync_health_checkers()
+        watcher = self.loop.create_task(self._watch_children())
+        listeners = ", ".join(
+            f"{lc.name} ({lc.protocol}) on {', '.join(str(b) for b in lc.bind)}"
+            for lc in self.config.listeners
+        )
+        log.info("tlsgate ready: %d worker(s), generation %d; %s", n, self.generation, listeners)
+        await self._stop_event.wait()
+        log.info("stopping: draining connections (deadline %gs)", self.config.node.shutdown_timeout)
+        watcher.cancel()
+        await self._shutdown(self.config.node.shutdown_timeout)
+        log.info("stopped")
+        return 0
+
+    async def reload(self) -> None:
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            await self._reload()
+
+    async def _reload(self) -> None:
+        log.info("reloading %s", self.config_path)
+        try:
+            config, bundles = await asyncio.to_thread(load_everything, self.config_path)
+        except ConfigError as exc:
+            for p in exc.problems:
+                log.error("reload failed: %s", p)
+            log.error("reload failed; still serving generation %d", self.generation)
+            return
+        except CertificateError as exc:
+            log.error("reload failed: %s; still serving generation %d", exc, self.generation)
+            return
+        old_config = self.config
+        n_old, n_new = worker_count(old_config), worker_count(config)
+        binds = all_binds(config)
+        opened: list[socket.socket] = []
+        try:
+            for slot in range(n_new):
+                opened += self._open_slot_sockets(slot, binds)
+        except StartupError as exc:
+            for s in opened:
+                s.close()
+            for socks in self.sockets.values():
+                for bind, s in list(socks.items()):
+                    if s in opened:
+                        del socks[bind]
+            log.error("reload failed: %s; still serving generation %d", exc, self.generation)
+            return
+        self.config, self.bundles = config, bundles
+        self.generation += 1
+        self._sync_health_checkers()
+        futs = [self._configure(h) for slot, h in self.workers.items() if slot < n_new]
+        for slot in range(n_old, n_new):
+            futs.append(self._configure(self._spawn(slot)))
+        for slot in range(n_new, n_old):
+            handle = self.workers.get(slot)
+            socks = self.sockets.pop(slot, {})
+            if handle is not None:
+                with contextlib.suppress(OSError):
+                    handle.channel.send(Stop(config.node.shutdown_timeout))
+            for s in socks.values():
+                s.close()
+        errors = await self._await_configured(futs)
+        wanted = set(binds)
+        for socks in self.sockets.values():
+            for bind in [b for b in socks if b not in wanted]:
+                socks.pop(bind).close()
+        if errors:
+            for e in errors:
+                log.error("reload: %s", e)
+            log.error("reload of generation %d failed on some workers", self.generation)
+            return
+        log.info("reload complete: generation %d, %d worker(s)", self.generation, n_new)
+
+    async def _shutdown(self, timeout: float) -> None:
+        self.stopping = True
+        for checker in self.checkers.values():
+            checker.stop()
+        for handle in self.workers.values():
+            with contextlib.suppress(OSError):
+                handle.channel.send(Stop(timeout))
+        for socks in self.sockets.values():
+            for s in socks.values():
+                s.close()
+        self.sockets.clear()
+        deadline = time.monotonic() + timeout + 5.0
+        while time.monotonic() < deadline:
+            if all(h.proc.poll() is not None for h in self.workers.values()):
+                break
+            await asyncio.sleep(0.05)
+        for handle in self.workers.values():
+            if handle.proc.poll() is None:
+                log.error("worker %d did not stop in time; killing it", handle.slot)
+                handle.proc.kill()
+                handle.proc.wait()
+            handle.channel.close()
+
+
+def serve(config_path: str) -> int:
+    """Run a node until SIGTERM/SIGINT. Returns the process exit status.
+
+    Raises:
+        ConfigError, CertificateError: the config or certificates are invalid.
+        StartupError: sockets or workers could not be set up.
+    """
+    config, bundles = load_everything(config_path)
+    setup_error_log(config.log, "supervisor")
+    supervisor = Supervisor(config_path, config, bundles)
+    return uvloop.run(supervisor.run())
