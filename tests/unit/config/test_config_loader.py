@@ -1,0 +1,1525 @@
+"""The TOML loader: a full valid file, every class of problem, and fuzzing.
+
+Each problem test checks the key path and that the message says both what is
+wrong and what would be valid. Most build on small valid snippets so that the
+problem under test is the only one reported.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import pickle
+import socket
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tlsgate.config.loader import (
+    DEFAULT_CONFIG_PATH,
+    default_config_path,
+    load_config,
+    parse_config,
+)
+from tlsgate.config.model import BindAddress, Config, HealthCheckConfig, ServerConfig
+from tlsgate.errors import ConfigError, ConfigProblem
+
+SOURCE = Path("/etc/tlsgate/tlsgate.toml")
+
+# DESIGN.md §3 without [admin], [acme] and [ca], with issuer = "files" and client_auth
+# left out (neither is available in this version), plus the "api" backend the route
+# refers to.
+DESIGN_EXAMPLE = """
+[node]
+name = "lb-1"                     # default: host name
+data_dir = "/var/lib/tlsgate"
+workers = 0                       # 0 = one per CPU core
+
+[store]
+url = "sqlite:///var/lib/tlsgate/state.db"
+key_file = "/etc/tlsgate/store.key"
+
+[[certificates]]
+name = "www"
+domains = ["example.com", "www.example.com"]
+issuer = "files"
+cert_file = "certs/www.pem"
+key_file = "/etc/tlsgate/keys/www.key"
+
+[[listeners]]
+name = "https"
+bind = ["0.0.0.0:443"]
+protocol = "https"                # http | https | tcp | tls-passthrough
+backend = "app"                   # default backend
+accept_proxy_protocol = false     # never auto-detected
+trusted_proxies = []
+client_ip_header = ""
+hsts = "max-age=63072000"
+
+[[listeners]]
+name = "http"
+bind = ["0.0.0.0:80"]
+protocol = "http"
+redirect_https = true             # ACME HTTP-01 is answered before any redirect
+
+[[routes]]
+listener = "https"
+hosts = ["api.example.com", "*.api.example.com"]
+path_prefix = "/"
+backend = "api"
+
+[[backends]]
+name = "app"
+balance = "round_robin"
+servers = ["10.0.0.11:8080", { address = "10.0.0.12:8080", weight = 2 }]
+discover = false
+tls = "off"
+ca_file = ""
+server_name = ""
+client_cert = ""
+send_proxy_protocol = ""
+health = { path = "/healthz", interval = "2s", timeout = "1s", rise = 2, fall = 3 }
+
+[[backends]]
+name = "api"
+servers = ["10.0.0.21:8080"]
+"""
+
+BACKEND = """
+[[backends]]
+name = "app"
+servers = ["10.0.0.11:8080"]
+"""
+
+CERTIFICATE = """
+[[certificates]]
+name = "www"
+domains = ["example.com"]
+cert_file = "www.pem"
+key_file = "www.key"
+"""
+
+
+def listener(
+    protocol: str = "http", bind: str = '"0.0.0.0:80"', name: str | None = None, **extra: str
+) -> str:
+    """A [[listeners]] table named ``name`` (default: the protocol); ``bind`` and
+    ``extra`` values are TOML text, and ``backend = "app"`` unless "omit"ted."""
+    lines = [
+        "[[listeners]]",
+        f'name = "{name or protocol}"',
+        f"bind = {bind}",
+        f'protocol = "{protocol}"',
+    ]
+    if "backend" not in extra:
+        extra["backend"] = '"app"'
+    lines += [f"{key} = {value}" for key, value in extra.items() if value != "omit"]
+    return "\n" + "\n".join(lines) + "\n"
+
+
+def problems_of(text: str, source: Path = SOURCE) -> list[ConfigProblem]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source)
+    assert info.value.problems, "ConfigError without problems"
+    return info.value.problems
+
+
+def only_problem(text: str) -> ConfigProblem:
+    problems = problems_of(text)
+    assert len(problems) == 1, "\n".join(map(str, problems))
+    assert problems[0].file == str(SOURCE)
+    return problems[0]
+
+
+# --- valid files ----------------------------------------------------------------------
+
+
+def test_design_example_loads() -> None:
+    config = parse_config(DESIGN_EXAMPLE, SOURCE)
+
+    assert config.source == SOURCE
+    assert config.node.name == "lb-1"
+    assert config.node.data_dir == Path("/var/lib/tlsgate")
+    assert config.node.workers == 0
+    assert config.node.shutdown_timeout == 30.0
+    assert config.store.url == "sqlite:///var/lib/tlsgate/state.db"
+    assert config.store.key_file == Path("/etc/tlsgate/store.key")
+
+    (www,) = config.certificates
+    assert www.name == "www"
+    assert www.domains == ("example.com", "www.example.com")
+    assert www.issuer == "files"
+    assert www.cert_file == Path("/etc/tlsgate/certs/www.pem")  # relative to the file
+    assert www.key_file == Path("/etc/tlsgate/keys/www.key")
+
+    https, http = config.listeners
+    assert https.name == "https"
+    assert https.protocol == "https"
+    assert https.bind == (BindAddress("0.0.0.0", 443),)
+    assert https.backend == "app"
+    assert https.hsts == "max-age=63072000"
+    assert https.certificates == ()
+    assert http.protocol == "http"
+    assert http.redirect_https is True
+    assert http.redirect_port == 443
+    assert http.backend is None
+
+    (route,) = config.routes
+    assert route.listener == "https"
+    assert route.hosts == ("api.example.com", "*.api.example.com")
+    assert route.path_prefix == "/"
+    assert route.backend == "api"
+
+    app = config.backend("app")
+    assert app.servers == (ServerConfig("10.0.0.11", 8080, 1), ServerConfig("10.0.0.12", 8080, 2))
+    assert app.balance == "round_robin"
+    assert app.tls == "off"
+    assert app.ca_file is None
+    assert app.health == HealthCheckConfig(
+        kind="http", path="/healthz", interval=2.0, timeout=1.0, rise=2, fall=3
+    )
+    assert config.backend("api").health is None
+
+
+def test_defaults_of_a_minimal_file(tmp_path: Path) -> None:
+    source = tmp_path / "tlsgate.toml"
+    config = parse_config(BACKEND + listener("http"), source)
+
+    assert config.source == source
+    assert config.node.name == socket.gethostname()
+    assert config.node.data_dir == Path("/var/lib/tlsgate")
+    assert config.store.url == "sqlite:///var/lib/tlsgate/state.db"
+    assert config.store.key_file is None
+    assert (config.log.access, config.log.error, config.log.level) == ("-", "-", "info")
+    (only,) = config.listeners
+    assert only.limits.header_timeout == 10.0
+    assert only.limits.max_header_size == 64 * 1024
+    assert only.min_tls_version == "1.2"
+    assert only.trusted_proxies == ()
+    backend = config.backend("app")
+    assert backend.retries == 2
+    assert backend.max_fails == 1
+    assert backend.health is None
+    assert config.certificates == ()
+    assert config.routes == ()
+
+
+def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path) -> None:
+    text = f"""
+    [node]
+    data_dir = "state"
+    [log]
+    access = "logs/access.log"
+    error = "../error.log"
+    level = "debug"
+    [store]
+    key_file = "store.key"
+    {CERTIFICATE}
+    [[backends]]
+    name = "app"
+    servers = ["app.internal:8443"]
+    tls = "verify"
+    ca_file = "ca/upstream.pem"
+    server_name = "App.Internal"
+    client_cert = "www"
+    """ + listener("http")
+    config = parse_config(text, tmp_path / "tlsgate.toml")
+
+    assert config.node.data_dir == tmp_path / "state"
+    assert config.store.url == f"sqlite://{tmp_path}/state/state.db"
+    assert config.store.key_file == tmp_path / "store.key"
+    assert config.log.access == str(tmp_path / "logs" / "access.log")
+    assert config.log.error == str(tmp_path.parent / "error.log")
+    assert config.log.level == "debug"
+    assert config.certificates[0].cert_file == tmp_path / "www.pem"
+    backend = config.backend("app")
+    assert backend.ca_file == tmp_path / "ca" / "upstream.pem"
+    assert backend.server_name == "app.internal"
+    assert backend.client_cert == "www"
+    assert backend.servers == (ServerConfig("app.internal", 8443),)
+
+
+def test_log_access_off_and_sqlite_url_relative(tmp_path: Path) -> None:
+    text = '[log]\naccess = ""\n[store]\nurl = "sqlite://db/state.db"\n' + BACKEND + listener()
+    config = parse_config(text, tmp_path / "x.toml")
+    assert config.log.access == ""
+    assert config.store.url == f"sqlite://{tmp_path}/db/state.db"
+
+
+def test_etcd_store_url_is_kept() -> None:
+    url = "etcd://10.0.0.5:2379,10.0.0.6:2379/tlsgate"
+    config = parse_config(f'[store]\nurl = "{url}"\n' + BACKEND + listener(), SOURCE)
+    assert config.store.url == url
+
+
+def test_bind_forms() -> None:
+    text = BACKEND + listener(
+        "tcp", bind='[":8080", "127.0.0.1:8081", "[::1]:8082", "[0:0::0]:8083", "[::]:8084"]'
+    )
+    (tcp,) = parse_config(text, SOURCE).listeners
+    assert tcp.bind == (
+        BindAddress("0.0.0.0", 8080),
+        BindAddress("127.0.0.1", 8081),
+        BindAddress("::1", 8082),
+        BindAddress("::", 8083),
+        BindAddress("::", 8084),
+    )
+    single = parse_config(BACKEND + listener("tcp", bind='"127.0.0.2:9000"'), SOURCE)
+    assert single.listeners[0].bind == (BindAddress("127.0.0.2", 9000),)
+
+
+def test_ipv4_and_ipv6_wildcards_on_one_port_do_not_overlap() -> None:
+    text = BACKEND + listener("tcp", bind='["0.0.0.0:443", "[::]:443"]')
+    assert len(parse_config(text, SOURCE).listeners[0].bind) == 2
+
+
+def test_redirect_port_defaults_to_first_https_bind() -> None:
+    text = (
+        CERTIFICATE
+        + BACKEND
+        + listener("http", redirect_https="true", backend="omit")
+        + listener("https", bind='["127.0.0.1:8443", "127.0.0.1:9443"]')
+        + listener(
+            "http",
+            name="other",
+            bind='"127.0.0.1:81"',
+            redirect_https="true",
+            redirect_port="10443",
+        )
+    )
+    http, https, other = parse_config(text, SOURCE).listeners
+    assert http.redirect_port == 8443
+    assert https.redirect_port == 8443
+    assert other.redirect_port == 10443
+
+
+def test_listener_keys_map_onto_the_model() -> None:
+    text = (
+        CERTIFICATE
+        + """
+[[certificates]]
+name = "rsa"
+domains = ["EXAMPLE.com", "*.example.com", "192.0.2.1", "2001:DB8::1"]
+cert_file = "/x.pem"
+key_file = "/x.key"
+"""
+        + BACKEND
+        + listener(
+            "https",
+            bind='"0.0.0.0:443"',
+            accept_proxy_protocol="true",
+            trusted_proxies='["10.0.0.0/8", "192.0.2.7", "2001:db8::/32"]',
+            client_ip_header='"CF-Connecting-IP"',
+            hsts='"max-age=63072000; includeSubDomains; preload"',
+            certificates='["www", "rsa"]',
+            default_certificate='"rsa"',
+            min_tls_version='"1.3"',
+            header_timeout='"5s"',
+            idle_timeout='"2m"',
+            tls_handshake_timeout='"3s"',
+            max_header_size='"32KiB"',
+            max_body_size='"10MB"',
+            max_headers="50",
+            max_connections="1000",
+        )
+    )
+    config = parse_config(text, SOURCE)
+    (https,) = config.listeners
+    assert config.certificate("rsa").domains == (
+        "example.com",
+        "*.example.com",
+        "192.0.2.1",
+        "2001:db8::1",
+    )
+    assert https.accept_proxy_protocol is True
+    assert https.trusted_proxies == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("192.0.2.7/32"),
+        ipaddress.ip_network("2001:db8::/32"),
+    )
+    assert https.client_ip_header == "CF-Connecting-IP"
+    assert https.hsts == "max-age=63072000; includeSubDomains; preload"
+    assert https.certificates == ("www", "rsa")
+    assert https.default_certificate == "rsa"
+    assert https.min_tls_version == "1.3"
+    limits = https.limits
+    assert (limits.header_timeout, limits.idle_timeout, limits.tls_handshake_timeout) == (
+        5.0,
+        120.0,
+        3.0,
+    )
+    assert (limits.max_header_size, limits.max_body_size) == (32 * 1024, 10_000_000)
+    assert (limits.max_headers, limits.max_connections) == (50, 1000)
+
+
+def test_backend_keys_map_onto_the_model() -> None:
+    text = (
+        listener("tcp", backend='"db"')
+        + """
+[[backends]]
+name = "db"
+servers = ["[2001:db8::5]:5432", { address = "db-2:5432", weight = 256 }]
+balance = "least_conn"
+send_proxy_protocol = "v2"
+health = { type = "tcp", interval = "5s", timeout = "2s", rise = 1, fall = 1 }
+connect_timeout = "500ms"
+read_timeout = "1h"
+pool_idle_timeout = "1s"
+fail_timeout = "30s"
+retries = 0
+max_idle_per_server = 0
+max_fails = 3
+
+[[backends]]
+name = "web"
+discover = true
+health = { path = "/ready", host = "web.internal", expect_status = "200-204" }
+
+[[backends]]
+name = "plain"
+servers = ["10.0.0.1:80"]
+health = false
+
+[[backends]]
+name = "exact"
+servers = ["10.0.0.1:80"]
+health = { path = "/", expect_status = 204 }
+"""
+    )
+    config = parse_config(text, SOURCE)
+    db = config.backend("db")
+    assert db.servers == (ServerConfig("2001:db8::5", 5432), ServerConfig("db-2", 5432, 256))
+    assert db.servers[0].address == "[2001:db8::5]:5432"
+    assert db.balance == "least_conn"
+    assert db.send_proxy_protocol == "v2"
+    assert db.health == HealthCheckConfig(kind="tcp", interval=5.0, timeout=2.0, rise=1, fall=1)
+    assert (db.connect_timeout, db.read_timeout, db.pool_idle_timeout, db.fail_timeout) == (
+        0.5,
+        3600.0,
+        1.0,
+        30.0,
+    )
+    assert (db.retries, db.max_idle_per_server, db.max_fails) == (0, 0, 3)
+    web = config.backend("web")
+    assert web.servers == ()
+    assert web.discover is True
+    assert web.health == HealthCheckConfig(
+        kind="http", path="/ready", host="web.internal", expect_status=(200, 204)
+    )
+    assert config.backend("plain").health is None
+    exact = config.backend("exact").health
+    assert exact is not None
+    assert exact.expect_status == (204, 204)
+
+
+def test_health_without_path_is_a_tcp_check() -> None:
+    text = listener() + BACKEND.replace("servers", 'health = { interval = "3s" }\nservers')
+    health = parse_config(text, SOURCE).backend("app").health
+    assert health == HealthCheckConfig(kind="tcp", interval=3.0)
+
+
+def test_routes_keep_their_order_and_lower_case_hosts() -> None:
+    text = (
+        BACKEND
+        + listener("tls-passthrough", bind='"0.0.0.0:443"', backend="omit")
+        + """
+[[routes]]
+listener = "tls-passthrough"
+hosts = ["B.Example.com"]
+backend = "app"
+[[routes]]
+listener = "tls-passthrough"
+hosts = ["*.example.com", "a.example.com"]
+backend = "app"
+[[routes]]
+listener = "tls-passthrough"
+backend = "app"
+"""
+    )
+    routes = parse_config(text, SOURCE).routes
+    assert [r.hosts for r in routes] == [
+        ("b.example.com",),
+        ("*.example.com", "a.example.com"),
+        (),
+    ]
+
+
+def test_config_is_picklable() -> None:
+    config = parse_config(DESIGN_EXAMPLE, SOURCE)
+    assert pickle.loads(pickle.dumps(config)) == config
+
+
+def test_load_config_reads_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "tlsgate.toml"
+    path.write_text(DESIGN_EXAMPLE, encoding="utf-8")
+    config = load_config(str(path))
+    assert config.source == path
+    assert config.certificates[0].cert_file == tmp_path / "certs" / "www.pem"
+
+
+def test_load_config_relative_path_source_is_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "tlsgate.toml").write_text(BACKEND + listener(), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert load_config("tlsgate.toml").source == tmp_path / "tlsgate.toml"
+
+
+def test_load_config_missing_file_names_it(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError) as info:
+        load_config(missing)
+    (problem,) = info.value.problems
+    assert problem.file == missing
+    assert problem.key_path == ""
+    assert "cannot read the configuration file: No such file or directory" in problem.message
+    assert str(problem).startswith(missing + ": ")
+
+
+def test_load_config_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the configuration file"):
+        load_config(tmp_path)
+
+
+def test_load_config_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[node]\nname = "caf\xe9"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (problem,) = info.value.problems
+    assert "not valid UTF-8 (byte 0xe9 on line 2)" in problem.message
+
+
+def test_invalid_toml_reports_line_and_column() -> None:
+    problem = only_problem('[node]\nname = "x"\nworkers = = 3\n')
+    assert problem.key_path == ""
+    assert problem.message.startswith("invalid TOML: ")
+    assert "line 3, column 11" in problem.message
+
+
+def test_default_config_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TLSGATE_CONFIG", raising=False)
+    assert DEFAULT_CONFIG_PATH == "tlsgate.toml"
+    assert default_config_path() == Path("tlsgate.toml")
+    monkeypatch.setenv("TLSGATE_CONFIG", "/etc/tlsgate/prod.toml")
+    assert default_config_path() == Path("/etc/tlsgate/prod.toml")
+    monkeypatch.setenv("TLSGATE_CONFIG", "")
+    assert default_config_path() == Path("tlsgate.toml")
+
+
+# --- one test per class of problem ---------------------------------------------------------
+
+
+def test_unknown_key_suggests_the_closest_valid_one() -> None:
+    text = BACKEND + listener("http").replace("protocol =", "protocl =")
+    problems = problems_of(text)
+    unknown = [p for p in problems if p.key_path == "listeners[0].protocl"]
+    assert unknown[0].message.startswith(
+        "unknown key 'protocl'; did you mean 'protocol'? valid keys: accept_proxy_protocol, "
+        "backend, bind,"
+    )
+    # ... and the now-missing protocol is reported too.
+    assert any(p.key_path == "listeners[0].protocol" for p in problems)
+
+
+def test_unknown_key_in_inline_tables() -> None:
+    text = listener() + BACKEND.replace(
+        '["10.0.0.11:8080"]', '[{ address = "10.0.0.11:8080", wieght = 2 }]'
+    )
+    problem = only_problem(text)
+    assert problem.key_path == "backends[0].servers[0].wieght"
+    assert "did you mean 'weight'? valid keys: address, weight" in problem.message
+
+
+def test_unknown_and_unsupported_sections() -> None:
+    text = (
+        '[acme]\nemail = "x@example.com"\n[admin]\nbind = "127.0.0.1:9090"\n[nodes]\nname = "a"\n'
+    )
+    problems = problems_of(text + BACKEND + listener())
+    by_path = {p.key_path: p.message for p in problems}
+    assert by_path["acme"].startswith("the [acme] section is not supported by this version")
+    assert by_path["admin"].endswith(
+        "valid sections: node, log, store, certificates, listeners, routes, backends"
+    )
+    assert "did you mean 'node'?" in by_path["nodes"]
+    assert len(problems) == 3
+
+
+def test_top_level_key_that_belongs_in_a_section() -> None:
+    problem = only_problem("workers = 4\n" + BACKEND + listener())
+    assert problem.key_path == "workers"
+    assert "'workers' belongs inside a section such as [node]" in problem.message
+
+
+def test_unsupported_listener_key_client_auth() -> None:
+    text = BACKEND + listener(client_auth='{ ca_file = "edge.pem", required = true }')
+    problem = only_problem(text)
+    assert problem.key_path == "listeners[0].client_auth"
+    assert "not supported by this version; valid keys:" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "fragment"),
+    [
+        ("node", "workers", '"4"', "expected an integer, got string '4'; write workers = 4"),
+        ("node", "workers", "true", "expected an integer, got boolean true"),
+        ("node", "name", "7", "expected a string, got integer 7"),
+        (
+            "node",
+            "shutdown_timeout",
+            "30",
+            'got integer 30; for 30 seconds write shutdown_timeout = "30s"',
+        ),
+        (
+            "log",
+            "level",
+            "3",
+            "expected a string, one of: debug, info, warning, error; got integer 3",
+        ),
+        ("store", "url", "[]", "expected a string, got an array"),
+    ],
+)
+def test_wrong_type_says_expected_and_given(
+    section: str, key: str, value: str, fragment: str
+) -> None:
+    problem = only_problem(f"[{section}]\n{key} = {value}\n" + BACKEND + listener())
+    assert problem.key_path == f"{section}.{key}"
+    assert fragment in problem.message
+
+
+def test_wrong_type_in_listener_and_backend() -> None:
+    text = (
+        CERTIFICATE
+        + listener("https", accept_proxy_protocol='"true"', min_tls_version="1.2")
+        + BACKEND.replace("servers", "discover = 1\nservers")
+    )
+    by_path = {p.key_path: p.message for p in problems_of(text)}
+    assert by_path["listeners[0].accept_proxy_protocol"] == (
+        "expected a boolean (true or false), got string 'true'; "
+        "write accept_proxy_protocol = true without quotes"
+    )
+    assert 'put it in quotes: min_tls_version = "1.2"' in by_path["listeners[0].min_tls_version"]
+    assert "got integer 1" in by_path["backends[0].discover"]
+
+
+def test_invalid_choice_lists_valid_values() -> None:
+    text = BACKEND + listener("tcpp")
+    problems = problems_of(text)
+    assert problems[0].key_path == "listeners[0].protocol"
+    assert problems[0].message == (
+        "'tcpp' is not a valid protocol; expected one of: http, https, tcp, tls-passthrough"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        (
+            "balance",
+            '"roundrobin"',
+            "expected one of: round_robin, least_conn, ip_hash, random_two",
+        ),
+        ("tls", '"on"', "expected one of: off, insecure, verify"),
+        ("send_proxy_protocol", '"v3"', "expected one of: '', v1, v2"),
+    ],
+)
+def test_invalid_backend_choices(key: str, value: str, fragment: str) -> None:
+    problem = only_problem(listener() + BACKEND + f"{key} = {value}\n")
+    assert problem.key_path == f"backends[0].{key}"
+    assert fragment in problem.message
+
+
+def test_route_to_undefined_backend_lists_defined_ones() -> None:
+    text = (
+        BACKEND
+        + BACKEND.replace('"app"', '"api"')
+        + listener()
+        + '[[routes]]\nlistener = "http"\nbackend = "apii"\n'
+    )
+    problem = only_problem(text)
+    assert problem.key_path == "routes[0].backend"
+    assert problem.message == (
+        "route refers to backend 'apii', which is not defined; defined backends: api, app"
+    )
+
+
+def test_undefined_references_everywhere() -> None:
+    text = (
+        CERTIFICATE
+        + BACKEND
+        + listener("https", bind='"0.0.0.0:443"', backend='"nope"', certificates='["www", "rsa"]')
+        + '[[routes]]\nlistener = "htps"\nbackend = "app"\n'
+        + BACKEND.replace('"app"', '"b2"').replace(
+            "servers", 'tls = "verify"\nclient_cert = "ecdsa"\nservers'
+        )
+    )
+    by_path = {p.key_path: p.message for p in problems_of(text)}
+    assert by_path["listeners[0].backend"] == (
+        "listener refers to backend 'nope', which is not defined; defined backends: app, b2"
+    )
+    assert by_path["listeners[0].certificates[1]"] == (
+        "listener refers to certificate 'rsa', which is not defined; defined certificates: www"
+    )
+    assert by_path["routes[0].listener"] == (
+        "route refers to listener 'htps', which is not defined; defined listeners: https"
+    )
+    assert by_path["backends[1].client_cert"] == (
+        "backend refers to certificate 'ecdsa', which is not defined; defined certificates: www"
+    )
+    assert len(by_path) == 4
+
+
+def test_reference_when_nothing_is_defined() -> None:
+    problem = problems_of(listener(backend='"app"'))[0]
+    assert problem.key_path == "listeners[0].backend"
+    assert problem.message.endswith("no [[backends]] are defined")
+
+
+def test_duplicate_names() -> None:
+    text = BACKEND + BACKEND + listener() + listener(bind='"127.0.0.1:81"')
+    by_path = {p.key_path: p.message for p in problems_of(text)}
+    assert by_path == {
+        "backends[1].name": "duplicate name 'app'; it is already used by backends[0]",
+        "listeners[1].name": "duplicate name 'http'; it is already used by listeners[0]",
+    }
+
+
+def test_invalid_name() -> None:
+    problem = only_problem(BACKEND.replace('"app"', '"my app"') + listener(backend='"my app"'))
+    assert problem.key_path == "backends[0].name"
+    assert "use letters, digits, '_', '.' and '-'" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("servers", "path", "fragment"),
+    [
+        ('["10.0.0.1:70000"]', "backends[0].servers[0]", "has port 70000; expected 1 to 65535"),
+        ('["10.0.0.1"]', "backends[0].servers[0]", "has no port"),
+        ('["10.0.0.1:http"]', "backends[0].servers[0]", "invalid port 'http'; expected 1 to 65535"),
+        ('["-bad-:80"]', "backends[0].servers[0]", "is not a valid host name"),
+        (
+            '["::1:80"]',
+            "backends[0].servers[0]",
+            "write an IPv6 address in brackets, as in '[::1]:80'",
+        ),
+        (
+            '[{ address = "10.0.0.1:80", weight = 0 }]',
+            "backends[0].servers[0].weight",
+            "0 is out of range; expected an integer from 1 to 256",
+        ),
+        (
+            '[{ address = "10.0.0.1:80", weight = 257 }]',
+            "backends[0].servers[0].weight",
+            "257 is out of range; expected an integer from 1 to 256",
+        ),
+        ("[{ weight = 2 }]", "backends[0].servers[0].address", "address is required"),
+        (
+            "[5]",
+            "backends[0].servers[0]",
+            "expected a 'host:port' string or a table, got integer 5",
+        ),
+        ('["10.0.0.1:80", "10.0.0.1:80"]', "backends[0].servers[1]", "is listed twice"),
+        ("[]", "backends[0].servers", "must list at least one server (or set discover = true)"),
+        ('"10.0.0.1:80"', "backends[0].servers", "expected an array of servers, got string"),
+    ],
+)
+def test_server_problems(servers: str, path: str, fragment: str) -> None:
+    problem = only_problem(listener() + f'[[backends]]\nname = "app"\nservers = {servers}\n')
+    assert problem.key_path == path
+    assert fragment in problem.message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        (
+            "connect_timeout",
+            '"5"',
+            "has no unit; expected a duration like '2s', '500ms', '5m', '30d'",
+        ),
+        ("read_timeout", '"1 minute"', "is not a valid duration"),
+        ("fail_timeout", '"0s"', "must be longer than zero"),
+        ("retries", "-1", "-1 is out of range; expected an integer >= 0"),
+        ("max_fails", "0", "0 is out of range; expected an integer >= 1"),
+    ],
+)
+def test_out_of_range_and_bad_backend_values(key: str, value: str, fragment: str) -> None:
+    problem = only_problem(listener() + BACKEND + f"{key} = {value}\n")
+    assert problem.key_path == f"backends[0].{key}"
+    assert fragment in problem.message
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("max_header_size", '"64k"', "unknown unit 'k'"),
+        ("max_header_size", "0", "too small; expected at least 1 bytes"),
+        ("max_body_size", "-5", "negative"),
+        ("max_body_size", "true", "expected a size like '64KiB'"),
+        ("max_headers", "0", "expected an integer >= 1"),
+        ("max_connections", '"many"', "expected an integer, got string 'many'"),
+        ("idle_timeout", "60", 'write idle_timeout = "60s"'),
+    ],
+)
+def test_listener_limit_problems(key: str, value: str, fragment: str) -> None:
+    problem = only_problem(BACKEND + listener(**{key: value}))
+    assert problem.key_path == f"listeners[0].{key}"
+    assert fragment in problem.message
+
+
+def test_node_problems() -> None:
+    text = '[node]\nname = ""\ndata_dir = ""\nworkers = 5000\n' + BACKEND + listener()
+    by_path = {p.key_path: p.message for p in problems_of(text)}
+    assert by_path == {
+        "node.name": "must not be empty; omit it to use the host name",
+        "node.data_dir": "must not be empty; omit it to use /var/lib/tlsgate",
+        "node.workers": "5000 is out of range; expected an integer from 0 to 1024",
+    }
+
+
+@pytest.mark.parametrize(
+    ("log", "path", "fragment"),
+    [
+        ('level = "warn"', "log.level", "expected one of: debug, info, warning, error"),
+        ('error = ""', "log.error", "use '-' for standard error or a file path"),
+        ('access = "~/access.log"', "log.access", "'~' is not expanded"),
+    ],
+)
+def test_log_problems(log: str, path: str, fragment: str) -> None:
+    problem = only_problem(f"[log]\n{log}\n" + BACKEND + listener())
+    assert problem.key_path == path
+    assert fragment in problem.message
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        (
+            "postgres://db/tlsgate",
+            "is not a store URL; expected 'sqlite:///var/lib/tlsgate/state.db' or",
+        ),
+        ("sqlite://", "has no file path"),
+        ("etcd://", "has no endpoints"),
+        ("etcd://10.0.0.5", "bad etcd endpoint: '10.0.0.5' has no port"),
+    ],
+)
+def test_store_url_problems(url: str, fragment: str) -> None:
+    problem = only_problem(f'[store]\nurl = "{url}"\n' + BACKEND + listener())
+    assert problem.key_path == "store.url"
+    assert fragment in problem.message
+
+
+@pytest.mark.parametrize(
+    ("bind", "path", "fragment"),
+    [
+        (
+            '"localhost:80"',
+            "listeners[0].bind",
+            "'localhost' is not an IP address; a listener binds IP literals",
+        ),
+        (
+            '["::1:80"]',
+            "listeners[0].bind[0]",
+            "write an IPv6 address in brackets, as in '[::1]:80'",
+        ),
+        ('["[::1]"]', "listeners[0].bind[0]", "has no port"),
+        ('["[::1:80"]', "listeners[0].bind[0]", "has no closing ']'"),
+        ('["[10.0.0.1]:80"]', "listeners[0].bind[0]", "in brackets is not an IPv6 address"),
+        ('["0.0.0.0:0"]', "listeners[0].bind[0]", "has port 0; expected 1 to 65535"),
+        ('["0.0.0.0:65536"]', "listeners[0].bind[0]", "has port 65536; expected 1 to 65535"),
+        ("[]", "listeners[0].bind", "must list at least one address"),
+        ("80", "listeners[0].bind", "expected a string or an array of strings, got integer 80"),
+        ("[80]", "listeners[0].bind[0]", "expected a string, got integer 80"),
+    ],
+)
+def test_bind_problems(bind: str, path: str, fragment: str) -> None:
+    problem = only_problem(BACKEND + listener(bind=bind))
+    assert problem.key_path == path
+    assert fragment in problem.message
+
+
+def test_missing_required_keys() -> None:
+    text = "[[listeners]]\n[[backends]]\n[[routes]]\n[[certificates]]\n"
+    by_path = {p.key_path: p.message for p in problems_of(text)}
+    for path in (
+        "certificates[0].name",
+        "certificates[0].domains",
+        "certificates[0].cert_file",
+        "certificates[0].key_file",
+        "listeners[0].name",
+        "listeners[0].bind",
+        "listeners[0].protocol",
+        "routes[0].listener",
+        "routes[0].backend",
+        "backends[0].name",
+        "backends[0].servers",
+    ):
+        assert path in by_path, path
+        assert " is required" in by_path[path]
+    assert "expected one of: http, https, tcp, tls-passthrough" in by_path["listeners[0].protocol"]
+
+
+@pytest.mark.parametrize(
+    ("binds", "path", "fragment"),
+    [
+        (
+            ('"0.0.0.0:443"', '"0.0.0.0:443"'),
+            "listeners[1].bind",
+            "0.0.0.0:443 is already bound by listener 'a' (listeners[0].bind)",
+        ),
+        (
+            ('"127.0.0.1:443"', '"0.0.0.0:443"'),
+            "listeners[1].bind",
+            "0.0.0.0:443 overlaps 127.0.0.1:443 of listener 'a' (listeners[0].bind): "
+            "0.0.0.0:443 covers every IPv4 address on port 443",
+        ),
+        (
+            ('"[::]:8443"', '"[::1]:8443"'),
+            "listeners[1].bind",
+            "[::1]:8443 overlaps [::]:8443 of listener 'a' (listeners[0].bind): "
+            "[::]:8443 covers every IPv6 address on port 8443",
+        ),
+    ],
+)
+def test_overlapping_binds_between_listeners(
+    binds: tuple[str, str], path: str, fragment: str
+) -> None:
+    text = (
+        BACKEND
+        + listener("tcp", name="a", bind=binds[0])
+        + listener("tcp", name="b", bind=binds[1])
+    )
+    problem = only_problem(text)
+    assert problem.key_path == path
+    assert fragment in problem.message
+    assert problem.message.endswith("each address and port can be bound only once")
+
+
+def test_overlapping_binds_within_one_listener() -> None:
+    problem = only_problem(BACKEND + listener(bind='["0.0.0.0:80", "127.0.0.1:80"]'))
+    assert problem.key_path == "listeners[0].bind[1]"
+    assert "of listener 'http' (listeners[0].bind[0])" in problem.message
+
+
+def test_different_addresses_or_ports_do_not_overlap() -> None:
+    text = BACKEND + listener(bind='["127.0.0.1:80", "127.0.0.2:80", "127.0.0.1:81", "[::1]:80"]')
+    assert len(parse_config(text, SOURCE).listeners[0].bind) == 4
+
+
+@pytest.mark.parametrize(
+    ("proxies", "path", "fragment"),
+    [
+        (
+            '["10.0.0.1/8"]',
+            "listeners[0].trusted_proxies[0]",
+            "'10.0.0.1/8' has host bits set after the /8 prefix; did you mean '10.0.0.0/8'?",
+        ),
+        ('["10.0.0.0/33"]', "listeners[0].trusted_proxies[0]", "is not an IP address or network"),
+        ('["cloudflare"]', "listeners[0].trusted_proxies[0]", "expected e.g. '10.0.0.0/8'"),
+        ('"10.0.0.0/8"', "listeners[0].trusted_proxies", "expected an array of strings"),
+    ],
+)
+def test_trusted_proxy_problems(proxies: str, path: str, fragment: str) -> None:
+    problem = only_problem(BACKEND + listener(trusted_proxies=proxies))
+    assert problem.key_path == path
+    assert fragment in problem.message
+
+
+def test_proxy_trust_must_be_configured() -> None:
+    text = BACKEND + listener(accept_proxy_protocol="true", client_ip_header='"X-Real-IP"')
+    by_path = {p.key_path: p.message for p in problems_of(text)}
+    assert (
+        "believed only from trusted_proxies, which is empty"
+        in by_path["listeners[0].accept_proxy_protocol"]
+    )
+    assert "believed only from trusted_proxies" in by_path["listeners[0].client_ip_header"]
+
+
+def test_client_ip_header_must_be_a_token() -> None:
+    text = BACKEND + listener(trusted_proxies='["10.0.0.0/8"]', client_ip_header='"X Real IP"')
+    problem = only_problem(text)
+    assert problem.key_path == "listeners[0].client_ip_header"
+    assert "is not a header name (RFC 9110 token)" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("hsts", "fragment"),
+    [
+        ('"63072000"', "unknown directive '63072000'"),
+        ('"max-age=two years"', "max-age must be a number of seconds"),
+        ('"includeSubDomains"', "max-age is required"),
+        ('"max-age=1; max-age=2"', "appears twice"),
+        ('"max-age=1; preload=yes"', "takes no value"),
+    ],
+)
+def test_hsts_problems(hsts: str, fragment: str) -> None:
+    problem = only_problem(CERTIFICATE + BACKEND + listener("https", bind='":443"', hsts=hsts))
+    assert problem.key_path == "listeners[0].hsts"
+    assert fragment in problem.message
+    assert "expected 'max-age=N'" in problem.message or "max-age" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("protocol", "key", "value", "fragment"),
+    [
+        ("http", "hsts", '"max-age=1"', "hsts is only valid on https listeners, not on http"),
+        ("https", "redirect_https", "true", "redirect_https is only valid on http listeners"),
+        ("tcp", "certificates", '["www"]', "certificates is only valid on https listeners"),
+        ("tls-passthrough", "default_certificate", '"www"', "only valid on https listeners"),
+        ("tcp", "min_tls_version", '"1.3"', "only valid on https listeners"),
+        ("tcp", "client_ip_header", '"X-Real-IP"', "only valid on http and https listeners"),
+        ("https", "redirect_port", "8443", "only valid on http listeners"),
+        ("http", "redirect_port", "8443", "only used with redirect_https = true"),
+    ],
+)
+def test_keys_only_valid_on_some_protocols(
+    protocol: str, key: str, value: str, fragment: str
+) -> None:
+    text = CERTIFICATE + BACKEND + listener(protocol, bind='":443"', **{key: value})
+    problem = only_problem(text)
+    assert problem.key_path == f"listeners[0].{key}"
+    assert fragment in problem.message
+
+
+def test_https_listener_without_certificates() -> None:
+    problem = only_problem(BACKEND + listener("https", bind='":443"'))
+    assert problem.key_path == "listeners[0].protocol"
+    assert problem.message == (
+        "an https listener needs a certificate, but no [[certificates]] are defined"
+    )
+
+
+def test_default_certificate_must_be_among_certificates() -> None:
+    text = (
+        CERTIFICATE
+        + CERTIFICATE.replace('"www"', '"other"')
+        + BACKEND
+        + listener("https", bind='":443"', certificates='["www"]', default_certificate='"other"')
+    )
+    problem = only_problem(text)
+    assert problem.key_path == "listeners[0].default_certificate"
+    assert "'other' is not in this listener's certificates (www)" in problem.message
+
+
+def test_listener_with_nowhere_to_send_traffic() -> None:
+    text = BACKEND + listener(backend="omit")
+    problem = only_problem(text)
+    assert problem.key_path == "listeners[0].backend"
+    assert "no backend and no route refers to it" in problem.message
+    assert "defined backends: app" in problem.message
+    assert "or set redirect_https = true" in problem.message
+
+
+def test_listener_served_by_routes_or_redirect_needs_no_backend() -> None:
+    text = (
+        BACKEND
+        + listener("http", backend="omit", redirect_https="true")
+        + listener("tls-passthrough", bind='":443"', backend="omit")
+        + '[[routes]]\nlistener = "tls-passthrough"\nbackend = "app"\nhosts = ["a.example"]\n'
+    )
+    assert len(parse_config(text, SOURCE).listeners) == 2
+
+
+def test_tcp_listener_needs_a_backend_and_cannot_route() -> None:
+    text = (
+        BACKEND
+        + listener("tcp", backend="omit")
+        + '[[routes]]\nlistener = "tcp"\nbackend = "app"\n'
+    )
+    by_path = {p.key_path: p.message for p in problems_of(text)}
+    assert by_path["listeners[0].backend"].startswith("a tcp listener needs a backend")
+    assert "is a tcp listener, which cannot route" in by_path["routes[0].listener"]
+    assert 'protocol = "tls-passthrough"' in by_path["routes[0].listener"]
+
+
+def test_passthrough_routes_cannot_match_paths() -> None:
+    text = (
+        BACKEND
+        + listener("tls-passthrough", bind='":443"')
+        + '[[routes]]\nlistener = "tls-passthrough"\nbackend = "app"\npath_prefix = "/api"\n'
+    )
+    problem = only_problem(text)
+    assert problem.key_path == "routes[0].path_prefix"
+    assert "matches the SNI name only" in problem.message
+    assert "path_prefix must be '/'" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("route", "path", "fragment"),
+    [
+        ('path_prefix = "api"', "routes[0].path_prefix", "must start with '/', as in '/api/'"),
+        ('path_prefix = "/a b"', "routes[0].path_prefix", "contains spaces or control characters"),
+        ('path_prefix = "/a?b"', "routes[0].path_prefix", "cannot contain '?' or '#'"),
+        ('hosts = ["*"]', "routes[0].hosts[0]", "omit hosts to match every host"),
+        ('hosts = ["a.*.example.com"]', "routes[0].hosts[0]", "only as the whole first label"),
+        ('hosts = ["example.com:8443"]', "routes[0].hosts[0]", "write 'example.com'"),
+        ('hosts = ["a.com", "A.com"]', "routes[0].hosts[1]", "'a.com' is listed twice"),
+        ('hosts = "a.com"', "routes[0].hosts", "expected an array of strings, got string"),
+    ],
+)
+def test_route_problems(route: str, path: str, fragment: str) -> None:
+    text = BACKEND + listener() + f'[[routes]]\nlistener = "http"\nbackend = "app"\n{route}\n'
+    problem = only_problem(text)
+    assert problem.key_path == path
+    assert fragment in problem.message
+
+
+def test_route_shadowed_by_an_earlier_route() -> None:
+    route = '[[routes]]\nlistener = "http"\nbackend = "app"\nhosts = ["a.example"]\n'
+    problem = only_problem(BACKEND + listener() + route + route)
+    assert problem.key_path == "routes[1]"
+    assert "this route can never match: routes[0] already matches host 'a.example'" in (
+        problem.message
+    )
+
+
+def test_issuer_acme_is_not_available() -> None:
+    text = CERTIFICATE.replace("cert_file", 'issuer = "acme"\ncert_file') + BACKEND + listener()
+    problem = only_problem(text)
+    assert problem.key_path == "certificates[0].issuer"
+    assert problem.message == (
+        "issuer 'acme' is not available in this version; use issuer = \"files\" "
+        "with cert_file and key_file"
+    )
+
+
+@pytest.mark.parametrize(
+    ("domains", "path", "fragment"),
+    [
+        ("[]", "certificates[0].domains", "must list at least one DNS name or IP address"),
+        (
+            '["a.*.example.com"]',
+            "certificates[0].domains[0]",
+            "allowed only as the whole first label",
+        ),
+        ('["*example.com"]', "certificates[0].domains[0]", "allowed only as the whole first label"),
+        ('["example.com."]', "certificates[0].domains[0]", "ends with a dot; write 'example.com'"),
+        ('["under_score.example"]', "certificates[0].domains[0]", "is not a valid host name"),
+        ('["-a.example"]', "certificates[0].domains[0]", "not starting or ending with '-'"),
+        ('["10.0.0"]', "certificates[0].domains[0]", "the last label is a number"),
+        (
+            '["bücher.example"]',
+            "certificates[0].domains[0]",
+            "write its IDNA form 'xn--bcher-kva.example'",
+        ),
+        ('["a..b"]', "certificates[0].domains[0]", "is not a valid host name"),
+        (f'["{"a" * 64}.example"]', "certificates[0].domains[0]", "1 to 63"),
+        ('["a.example", "A.EXAMPLE"]', "certificates[0].domains[1]", "'a.example' is listed twice"),
+        ('"example.com"', "certificates[0].domains", "expected an array of strings, got string"),
+    ],
+)
+def test_certificate_domain_problems(domains: str, path: str, fragment: str) -> None:
+    text = (
+        f'[[certificates]]\nname = "c"\ndomains = {domains}\ncert_file = "c.pem"\n'
+        'key_file = "c.key"\n' + BACKEND + listener()
+    )
+    problem = only_problem(text)
+    assert problem.key_path == path
+    assert fragment in problem.message
+
+
+def test_certificate_files_are_required_and_not_empty() -> None:
+    text = (
+        '[[certificates]]\nname = "c"\ndomains = ["a.example"]\ncert_file = ""\n'
+        + BACKEND
+        + listener()
+    )
+    by_path = {p.key_path: p.message for p in problems_of(text)}
+    assert by_path == {
+        "certificates[0].cert_file": (
+            'cert_file is required: issuer "files" reads the certificate chain from it'
+        ),
+        "certificates[0].key_file": (
+            'key_file is required: issuer "files" reads the private key from it'
+        ),
+    }
+
+
+@pytest.mark.parametrize(
+    ("health", "path", "fragment"),
+    [
+        (
+            '{ interval = "1s", timeout = "1s" }',
+            "timeout",
+            "timeout (1s) must be shorter than interval (1s)",
+        ),
+        ('{ path = "/", expect_status = 700 }', "expect_status", "700 is out of range"),
+        (
+            '{ path = "/", expect_status = "399-200" }',
+            "expect_status",
+            'the range is backwards; write "200-399"',
+        ),
+        ('{ path = "/", expect_status = "2xx" }', "expect_status", 'a range like "200-399"'),
+        ('{ path = "healthz" }', "path", "must start with '/', as in '/healthz'"),
+        ('{ path = "/a b" }', "path", "contains spaces or control characters"),
+        ('{ path = "/", host = "a\\r\\nX: y" }', "host", "contains spaces or control characters"),
+        ('{ type = "tcp", path = "/" }', "path", "only used by http checks"),
+        ('{ type = "udp" }', "type", "expected one of: http, tcp"),
+        ("{ rise = 0 }", "rise", "expected an integer >= 1"),
+        ('{ fall = "3" }', "fall", "write fall = 3 without quotes"),
+        ('{ intervall = "2s" }', "intervall", "did you mean 'interval'?"),
+    ],
+)
+def test_health_problems(health: str, path: str, fragment: str) -> None:
+    problem = only_problem(listener() + BACKEND + f"health = {health}\n")
+    assert problem.key_path == f"backends[0].health.{path}"
+    assert fragment in problem.message
+
+
+def test_health_true_is_not_a_check() -> None:
+    problem = only_problem(listener() + BACKEND + "health = true\n")
+    assert problem.key_path == "backends[0].health"
+    assert "or false, got boolean true" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("extra", "path", "fragment"),
+    [
+        ('ca_file = "ca.pem"', "ca_file", 'only used with tls = "verify"'),
+        (
+            'server_name = "app.internal"',
+            "server_name",
+            'only used with tls = "insecure" or "verify"',
+        ),
+        ('tls = "verify"\nserver_name = "not valid"', "server_name", "is not a valid host name"),
+    ],
+)
+def test_upstream_tls_problems(extra: str, path: str, fragment: str) -> None:
+    problem = only_problem(listener() + BACKEND + extra + "\n")
+    assert problem.key_path == f"backends[0].{path}"
+    assert fragment in problem.message
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "fragment"),
+    [
+        ('[listeners]\nname = "a"\n', "listeners", "write [[listeners]] (double brackets)"),
+        ('[[node]]\nname = "a"\n', "node", "write [node] (single brackets)"),
+        ("backends = [1]\n", "backends[0]", "expected a table, got integer 1"),
+        ('log = "-"\n', "log", "expected a table, got string '-'"),
+    ],
+)
+def test_section_shape_problems(text: str, path: str, fragment: str) -> None:
+    problems = problems_of(text)
+    assert problems[0].key_path == path
+    assert fragment in problems[0].message
+
+
+def test_quoted_keys_are_shown_quoted() -> None:
+    problem = only_problem('[node]\n"na me" = "x"\n' + BACKEND + listener())
+    assert problem.key_path == 'node."na me"'
+
+
+def test_several_problems_are_all_reported() -> None:
+    text = """
+[node]
+workers = -1
+
+[[listeners]]
+name = "web"
+bind = ["0.0.0.0:80", "localhost:81"]
+protocol = "htttp"
+backend = "apps"
+redirect_https = "yes"
+
+[[routes]]
+listener = "web"
+backend = "app"
+path_prefix = "api"
+
+[[backends]]
+name = "app"
+servers = ["10.0.0.1:80", { address = "10.0.0.2:80", weight = 1000 }]
+health = { path = "/", interval = "1s", timeout = "2s" }
+retries = "2"
+"""
+    problems = problems_of(text, Path("conf/tlsgate.toml"))
+    assert {p.file for p in problems} == {"conf/tlsgate.toml"}
+    assert [p.key_path for p in problems] == [
+        "node.workers",
+        "listeners[0].bind[1]",
+        "listeners[0].protocol",
+        "listeners[0].backend",
+        "listeners[0].redirect_https",
+        "routes[0].path_prefix",
+        "backends[0].servers[1].weight",
+        "backends[0].health.timeout",
+        "backends[0].retries",
+    ]
+    rendered = str(ConfigError(problems))
+    assert rendered.startswith("9 problem(s) in the configuration:\n")
+    assert "conf/tlsgate.toml: routes[0].path_prefix: 'api' must start with '/'" in rendered
+
+
+# --- fuzzing ---------------------------------------------------------------------------------
+
+
+def _toml_string(text: str) -> str:
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+TomlValue = str | int | float | bool | list["TomlValue"] | dict[str, "TomlValue"]
+
+
+def _toml_value(value: TomlValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return "{" + ", ".join(f"{_toml_string(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+
+
+def _toml_document(data: dict[str, TomlValue]) -> str:
+    return "\n".join(f"{_toml_string(k)} = {_toml_value(v)}" for k, v in data.items()) + "\n"
+
+
+KNOWN_KEYS = sorted(
+    {
+        "node", "log", "store", "certificates", "listeners", "routes", "backends", "acme",
+        "name", "data_dir", "workers", "shutdown_timeout", "access", "error", "level", "url",
+        "key_file", "domains", "issuer", "cert_file", "bind", "protocol", "backend",
+        "accept_proxy_protocol", "trusted_proxies", "client_ip_header", "hsts",
+        "redirect_https", "redirect_port", "default_certificate", "min_tls_version",
+        "header_timeout", "idle_timeout", "tls_handshake_timeout", "max_header_size",
+        "max_body_size", "max_headers", "max_connections", "listener", "hosts",
+        "path_prefix", "servers", "balance", "discover", "tls", "ca_file", "server_name",
+        "client_cert", "send_proxy_protocol", "health", "connect_timeout", "read_timeout",
+        "pool_idle_timeout", "fail_timeout", "retries", "max_idle_per_server", "max_fails",
+        "address", "weight", "path", "host", "type", "expect_status", "interval", "timeout",
+        "rise", "fall",
+    }
+)  # fmt: skip
+INTERESTING_STRINGS = [
+    "", "-", "/", "0", "2s", "0s", "1h30m", "64KiB", "-1", "app", "api", "www", "http",
+    "https", "tcp", "tls-passthrough", "files", "acme", "verify", "off", "v1", "v2",
+    "round_robin", "1.2", "1.3", "0.0.0.0:443", ":80", "[::]:443", "[::1]:8443",
+    "127.0.0.1:80", "10.0.0.1:8080", "10.0.0.0/8", "10.0.0.1/8", "example.com",
+    "*.example.com", "a.*.b", "max-age=1", "200-399", "sqlite://x.db", "etcd://h:1/p",
+    "~/x", "x\x00y", "bücher.de", "[", "[::1", "::1:80", "a" * 300,
+]  # fmt: skip
+
+keys = st.sampled_from(KNOWN_KEYS) | st.text(max_size=8)
+scalars: st.SearchStrategy[TomlValue] = (
+    st.sampled_from(INTERESTING_STRINGS)
+    | st.text(max_size=12)
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.sampled_from([0, 1, 2, 80, 443, 65535, 65536, 256, 257, -1, 10**30])
+    | st.floats(allow_nan=True)
+    | st.booleans()
+)
+toml_values: st.SearchStrategy[TomlValue] = st.recursive(
+    scalars,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=5),
+    max_leaves=12,
+)
+# Cheaper to generate, and deep enough for tables of tables (servers, health).
+shallow_values: st.SearchStrategy[TomlValue] = (
+    scalars
+    | st.lists(scalars | st.dictionaries(keys, scalars, max_size=3), max_size=3)
+    | st.dictionaries(keys, scalars, max_size=4)
+)
+entries = st.dictionaries(st.sampled_from(KNOWN_KEYS), shallow_values, max_size=8)
+
+
+def _check_outcome(text: str) -> None:
+    """``parse_config`` returns a consistent Config or raises ConfigError; nothing else."""
+    try:
+        config = parse_config(text, SOURCE)
+    except ConfigError as exc:
+        problems = exc.problems
+    else:
+        _assert_consistent(config)
+        return
+    assert problems
+    for problem in problems:
+        assert problem.file == str(SOURCE)
+        assert problem.message
+
+
+def _assert_consistent(config: Config) -> None:
+    """What the loader promises about every Config it returns."""
+    backends = [b.name for b in config.backends]
+    listeners = [lst.name for lst in config.listeners]
+    certificates = [c.name for c in config.certificates]
+    for names in (backends, listeners, certificates):
+        assert len(names) == len(set(names))
+    for lst in config.listeners:
+        assert lst.bind
+        assert lst.backend is None or lst.backend in backends
+        assert set(lst.certificates) <= set(certificates)
+        assert lst.default_certificate is None or lst.default_certificate in certificates
+        assert all(1 <= b.port <= 65535 for b in lst.bind)
+    for route in config.routes:
+        assert route.backend in backends
+        assert route.listener in listeners
+        assert route.path_prefix.startswith("/")
+    for backend in config.backends:
+        assert all(1 <= s.weight <= 256 for s in backend.servers)
+        if backend.health is not None:
+            assert backend.health.timeout < backend.health.interval
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=200))
+def test_fuzz_arbitrary_text(text: str) -> None:
+    _check_outcome(text)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.sampled_from(
+            ["[node]", "[[listeners]]", "[[backends]]", "[[routes]]", "[log]", "[store]",
+             "name = ", "bind = ", '"', "'", "[", "]", "{", "}", ",", "=", "\n", " ",
+             "1", "true", '"x"', "1979-05-27", "07:32:00", "1e3", "0x1F", "#"]
+        ),
+        max_size=40,
+    ).map("".join)
+)  # fmt: skip
+def test_fuzz_toml_shaped_text(text: str) -> None:
+    _check_outcome(text)
+
+
+@settings(max_examples=120, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(keys, toml_values, max_size=6))
+def test_fuzz_arbitrary_documents(data: dict[str, TomlValue]) -> None:
+    _check_outcome(_toml_document(data))
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sections=st.fixed_dictionaries(
+        {},
+        optional={
+            "node": entries,
+            "log": entries,
+            "store": entries,
+            "listeners": st.lists(entries, max_size=3),
+            "routes": st.lists(entries, max_size=3),
+            "backends": st.lists(entries, max_size=3),
+            "certificates": st.lists(entries, max_size=2),
+        },
+    )
+)
+def test_fuzz_documents_with_valid_sections(sections: dict[str, TomlValue]) -> None:
+    _check_outcome(_toml_document(sections))
+
+
+def _design_example_data() -> dict[str, TomlValue]:
+    data: dict[str, TomlValue] = tomllib.loads(DESIGN_EXAMPLE)
+    return data
+
+
+def _leaf_paths(
+    value: TomlValue, prefix: tuple[str | int, ...] = ()
+) -> list[tuple[str | int, ...]]:
+    paths: list[tuple[str | int, ...]] = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            paths += _leaf_paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            paths += _leaf_paths(v, (*prefix, i))
+    return paths
+
+
+DESIGN_PATHS = _leaf_paths(_design_example_data())
+
+
+def _child(parent: TomlValue, step: str | int) -> TomlValue | None:
+    if isinstance(parent, dict) and isinstance(step, str):
+        return parent.get(step)
+    if isinstance(parent, list) and isinstance(step, int) and step < len(parent):
+        return parent[step]
+    return None
+
+
+@settings(max_examples=200)
+@given(
+    edits=st.lists(
+        st.tuples(st.sampled_from(DESIGN_PATHS), shallow_values | st.none()), min_size=1, max_size=3
+    )
+)
+def test_fuzz_mutated_design_example(
+    edits: list[tuple[tuple[str | int, ...], TomlValue | None]],
+) -> None:
+    """Replace (None: delete) a few values of a valid file; the loader either accepts the
+    result with every promise kept, or reports problems, and never raises anything else."""
+    data = _design_example_data()
+    for path, new in edits:
+        parent: TomlValue = data
+        for step in path[:-1]:
+            child = _child(parent, step)
+            if child is None:
+                break  # an earlier edit removed or replaced this part
+            parent = child
+        else:
+            last = path[-1]
+            if isinstance(parent, dict) and isinstance(last, str):
+                if new is None:
+                    parent.pop(last, None)
+                else:
+                    parent[last] = new
+            elif isinstance(parent, list) and isinstance(last, int) and last < len(parent):
+                if new is None:
+                    del parent[last]
+                else:
+                    parent[last] = new
+    _check_outcome(_toml_document(data))
+
+
+def test_deeply_nested_toml_is_a_config_error() -> None:
+    problem = only_problem("a = " + "[" * 5000 + "]" * 5000)
+    assert problem.message.startswith("invalid TOML")
+
+
+def test_huge_integer_is_a_config_error() -> None:
+    problem = only_problem("[node]\nworkers = 1" + "0" * 5000)
+    assert problem.message.startswith("invalid TOML")
+
+
+def test_documented_example_is_valid() -> None:
+    """The full example in docs/configuration.md must stay a valid file."""
+    docs = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
+    text = docs.read_text(encoding="utf-8")
+    example = text.split("## Full example", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    config = parse_config(example, SOURCE)
+    assert [lst.name for lst in config.listeners] == ["https", "http", "postgres"]
+    assert config.listeners[1].redirect_port == 443
+    assert config.certificates[0].cert_file == Path("/etc/tlsgate/certs/www.pem")
+
+
+def test_problems_are_listed_in_file_order() -> None:
+    """Checks that run last (overlapping binds) are still listed where they occur."""
+    text = (
+        listener("tcp", name="a", bind='["0.0.0.0:80", "127.0.0.1:80"]')
+        + listener("udp", name="b", bind='"127.0.0.1:81"')
+        + BACKEND
+        + '[node]\nworkers = "2"\n'
+    )
+    assert [p.key_path for p in problems_of(text)] == [
+        "listeners[0].bind[1]",
+        "listeners[1].protocol",
+        "node.workers",
+    ]
