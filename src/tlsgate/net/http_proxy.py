@@ -263,6 +263,7 @@ class Exchange:
             proto="https" if conn.tls else "http",
             listener_port=conn.local_port,
             host_header=conn.host_header_of(self.headers),
+            client_ip_header=conn.client_ip_header,
         )
         out = http1.rewrite_request_headers(self.headers, info, fwd)
         if info.body == "length":
@@ -323,7 +324,11 @@ class Exchange:
                 chunked = True
         hsts = self.conn.listener.config.hsts if self.conn.tls else ""
         out = http1.rewrite_response_headers(
-            headers, hsts=hsts, keep_alive=self.client_keep_alive, upgrade=status == 101
+            headers,
+            hsts=hsts,
+            keep_alive=self.client_keep_alive,
+            upgrade=status == 101,
+            client_version=info.http_version,
         )
         if info.method == b"HEAD" or status in (204, 304) or status == 101:
             self.response_mode = "none"
@@ -440,7 +445,10 @@ class Exchange:
             return
         self.status = status
         self.client_keep_alive = self.client_keep_alive and self.request_done and status < 500
-        self.conn.write(http1.error_response(status, detail, close=not self.client_keep_alive))
+        head = self.info is not None and self.info.method == b"HEAD"
+        self.conn.write(
+            http1.error_response(status, detail, close=not self.client_keep_alive, head=head)
+        )
         self.response_started = True
         self.finish(reusable=False)
 
@@ -512,6 +520,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer_trusted = False
         self.client_key = b""
         self.local_port = 0
+        self.client_ip_header = listener.config.client_ip_header.encode("ascii")
         self._timer: asyncio.TimerHandle | None = None
         self._corked = 0
         self._pending: list[bytes] = []
