@@ -202,6 +202,11 @@ class Worker:
         for s in self.servers:
             s.close()
         self.servers = []
+        # the base sockets too: once the supervisor's copies are closed as well, the port
+        # refuses new connections instead of queueing them for nobody
+        for sock in self.sockets.values():
+            sock.close()
+        self.sockets.clear()
         for conn in list(self.connections):
             conn.drain()
         if self.connections:

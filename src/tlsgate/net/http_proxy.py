@@ -681,9 +681,11 @@ class ClientConnection(asyncio.Protocol):
             # the request whose body broke the rules is already on its way: cut it
             ex = self.receiving
             self.receiving = None
-            ex.request_done = True
-            ex.fail_local(status, detail)
             self.draining = True
+            ex.request_done = True
+            ex.client_keep_alive = False
+            ex.close_after = True
+            ex.fail_local(status, detail)
             return
         self.receiving = None
         ex = Exchange(
