@@ -15,6 +15,11 @@
 # reported.
 set -euo pipefail
 
+# `--python-venv`: only what `python3 -m venv` needs (Debian splits ensurepip out),
+# for `make demo` on a machine that has never run the test set-up.
+if [ "${1:-}" = "--python-venv" ]; then
+  PACKAGES=(python3-venv)
+else
 PACKAGES=(
   haproxy        # PROXY-protocol peer; benchmark peer
   nginx-light    # app server in tests; benchmark backend
@@ -26,6 +31,7 @@ PACKAGES=(
   iproute2       # ss, ip (network namespaces)
   ca-certificates
 )
+fi
 
 # package name -> the system service it installs
 declare -A SERVICE_OF=([haproxy]=haproxy [nginx-light]=nginx)

@@ -144,11 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_check(args.config or _default_config())
         if args.command == "serve":
             return cmd_serve(args.config or _default_config())
-        if args.command == "demo":
-            return cmd_demo(args)
+        return cmd_demo(args)  # the subparsers admit only these three
     except KeyboardInterrupt:
         return EXIT_FAILURE
-    parser.error(f"unknown command {args.command!r}")
 
 
 if __name__ == "__main__":
