@@ -18,22 +18,7 @@ def unsupported_features(config: Config) -> list[ConfigProblem]:
     """Every setting in ``config`` that this version would otherwise have to ignore."""
     src = str(config.source)
     problems: list[ConfigProblem] = []
-    for i, lc in enumerate(config.listeners):
-        if lc.protocol in ("tcp", "tls-passthrough"):
-            problems.append(
-                ConfigProblem(src, f"listeners[{i}].protocol", f"protocol {lc.protocol!r} {_LATER}")
-            )
-        if lc.accept_proxy_protocol:
-            problems.append(
-                ConfigProblem(
-                    src, f"listeners[{i}].accept_proxy_protocol", f"PROXY protocol {_LATER}"
-                )
-            )
     for i, bc in enumerate(config.backends):
-        if bc.send_proxy_protocol:
-            problems.append(
-                ConfigProblem(src, f"backends[{i}].send_proxy_protocol", f"PROXY protocol {_LATER}")
-            )
         if bc.client_cert:
             problems.append(
                 ConfigProblem(

@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 import uvloop
 
 from tlsgate.certs.bundle import CertificateBundle, load_bundles
-from tlsgate.certs.cache import make_client_context
 from tlsgate.config.loader import load_config
 from tlsgate.config.model import BindAddress, Config
 from tlsgate.errors import CertificateError, ConfigError, TlsgateError
@@ -261,11 +260,6 @@ class Supervisor:
         for b in self.config.backends:
             if b.health is None:
                 continue
-            ctx = (
-                make_client_context(verify=b.tls == "verify", ca_file=b.ca_file)
-                if b.tls != "off"
-                else None
-            )
             for s in b.servers:
                 key = (b.name, s.address)
                 old = self.checkers.get(key)
@@ -274,9 +268,13 @@ class Supervisor:
                     continue
                 if old is not None:
                     old.stop()
-                checker = HealthChecker(
-                    b, s, ctx, self._on_health_change, initially_up=self.health.get(key, True)
-                )
+                try:
+                    checker = HealthChecker(
+                        b, s, self._on_health_change, initially_up=self.health.get(key, True)
+                    )
+                except CertificateError as exc:
+                    log.error("backend %s: no health checks for %s: %s", b.name, s.address, exc)
+                    continue
                 checker.start()
                 wanted[key] = checker
         for key, checker in self.checkers.items():

@@ -26,9 +26,9 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import uvloop
 
@@ -36,12 +36,22 @@ from tlsgate.config.model import BindAddress, Config
 from tlsgate.ipc import Channel, Configure, Configured, HealthUpdate, Message, Stop
 from tlsgate.logs import AccessLog, setup_error_log
 from tlsgate.net.http_proxy import ClientConnection
+from tlsgate.net.l4 import Acceptor, Address, L4Session, accept_http_with_proxy
 from tlsgate.net.runtime import ListenerRuntime, Runtime
 
 if TYPE_CHECKING:
     from tlsgate.net.http_proxy import Exchange
 
 log = logging.getLogger("tlsgate.worker")
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
+class Drainable(Protocol):
+    def drain(self) -> None: ...
+    def abort(self) -> None: ...
 
 
 class Worker:
@@ -52,8 +62,8 @@ class Worker:
         self.runtime: Runtime | None = None
         self.config: Config | None = None
         self.sockets: dict[BindAddress, socket.socket] = {}
-        self.servers: list[asyncio.AbstractServer] = []
-        self.connections: set[ClientConnection] = set()
+        self.servers: list[Closable] = []
+        self.connections: set[Drainable] = set()
         self.health: dict[tuple[str, str], bool] = {}
         self.draining = False
         self.done = loop.create_future()
@@ -119,15 +129,26 @@ class Worker:
         self._reply(Configured(self.slot, msg.generation))
 
     async def _serve(self, runtime: Runtime) -> None:
-        new_servers: list[asyncio.AbstractServer] = []
+        new_servers: list[Closable] = []
         try:
             for lc in runtime.config.listeners:
                 lr = runtime.listeners[lc.name]
                 for bind in lc.bind:
                     base = self.sockets[bind]
                     sock = base.dup()
-                    if lc.protocol in ("http", "https"):
-                        tls = lc.protocol == "https"
+                    tls = lc.protocol == "https"
+                    server: Closable
+                    if lc.protocol in ("tcp", "tls-passthrough"):
+                        acceptor = Acceptor(self.loop, sock, lc.name, self._l4_factory(lr))
+                        acceptor.start()
+                        server = acceptor
+                    elif lc.accept_proxy_protocol:
+                        acceptor = Acceptor(
+                            self.loop, sock, lc.name, self._proxied_http_factory(lr, tls)
+                        )
+                        acceptor.start()
+                        server = acceptor
+                    else:
                         assert not tls or lr.certificates is not None
                         server = await self.loop.create_server(
                             _factory(self, lr, tls),
@@ -136,9 +157,6 @@ class Worker:
                             ssl_handshake_timeout=lc.limits.tls_handshake_timeout if tls else None,
                             backlog=4096,
                         )
-                    else:
-                        sock.close()
-                        raise NotImplementedError(f"{lc.protocol} listeners")
                     new_servers.append(server)
         except BaseException:
             for s in new_servers:
@@ -147,6 +165,20 @@ class Worker:
         old, self.servers = self.servers, new_servers
         for s in old:
             s.close()
+
+    def _l4_factory(self, lr: ListenerRuntime) -> Callable[[socket.socket, Address], None]:
+        def accept(sock: socket.socket, peer: Address) -> None:
+            L4Session(self, lr, sock, peer).start()
+
+        return accept
+
+    def _proxied_http_factory(
+        self, lr: ListenerRuntime, tls: bool
+    ) -> Callable[[socket.socket, Address], None]:
+        def accept(sock: socket.socket, peer: Address) -> None:
+            accept_http_with_proxy(self, lr, tls, sock, peer)
+
+        return accept
 
     def _reply(self, message: Configured) -> None:
         try:
@@ -160,6 +192,9 @@ class Worker:
         if self.draining and not self.connections and not self.done.done():
             self.done.set_result(None)
 
+    def write_access(self, entry: dict[str, Any]) -> None:
+        self._access.write(entry)
+
     def access_log(self, ex: Exchange) -> None:
         conn = ex.conn
         info = ex.info
@@ -167,7 +202,7 @@ class Worker:
         entry: dict[str, Any] = {
             "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "client_ip": conn.client_ip,
-            "peer_ip": conn.peer_ip,
+            "peer_ip": conn.proxy_peer or conn.peer_ip,
             "listener": conn.listener.name,
             "sni": conn.sni,
             "tls_version": conn.tls_version,

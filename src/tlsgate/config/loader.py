@@ -82,12 +82,15 @@ _LIMIT_KEYS = (
     "max_body_size",
     "max_headers",
     "max_connections",
+    "max_client_hello_size",
+    "connect_idle_timeout",
 )
 _LISTENER_KEYS = (
     "name",
     "bind",
     "protocol",
     "backend",
+    "fallback_backend",
     "accept_proxy_protocol",
     "trusted_proxies",
     "client_ip_header",
@@ -110,6 +113,7 @@ _BACKEND_KEYS = (
     "server_name",
     "client_cert",
     "send_proxy_protocol",
+    "proxy_protocol_crc32c",
     "health",
     "connect_timeout",
     "read_timeout",
@@ -120,7 +124,18 @@ _BACKEND_KEYS = (
     "max_fails",
 )
 _SERVER_KEYS = ("address", "weight")
-_HEALTH_KEYS = ("path", "host", "type", "expect_status", "interval", "timeout", "rise", "fall")
+_HEALTH_KEYS = (
+    "path",
+    "host",
+    "type",
+    "expect_status",
+    "interval",
+    "timeout",
+    "rise",
+    "fall",
+    "tls_verify",
+    "ca_file",
+)
 
 _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "node": _NODE_KEYS,
@@ -148,10 +163,16 @@ _UNAVAILABLE_ISSUERS = ("acme", "ca")
 _TLS_VERSIONS: tuple[TLSVersion, ...] = ("1.2", "1.3")
 _UPSTREAM_TLS: tuple[UpstreamTLS, ...] = ("off", "insecure", "verify")
 _PROXY_VERSIONS: tuple[ProxyProtocolVersion, ...] = ("", "v1", "v2")
-_HEALTH_KINDS: tuple[Literal["http", "tcp"], ...] = ("http", "tcp")
+_HEALTH_KINDS: tuple[Literal["http", "tcp", "tls"], ...] = ("http", "tcp", "tls")
 
 _MAX_WORKERS = 1024
 _MAX_WEIGHT = 256
+# A ClientHello is one handshake message: 2^24-1 bytes at most in theory, a few
+# hundred bytes to a few KiB in practice (more with post-quantum key shares).
+# Below 512 even ordinary clients would be refused; above 1 MiB is only a memory
+# cost per connection an attacker gets to choose.
+_MIN_CLIENT_HELLO = 512
+_MAX_CLIENT_HELLO = 1024 * 1024
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+", re.ASCII)
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
@@ -612,7 +633,7 @@ class _Table:
             return default
         return seconds
 
-    def size(self, name: str, default: int, *, minimum: int = 0) -> int:
+    def size(self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
         if name not in self.data:
             return default
         value = self.data[name]
@@ -629,6 +650,9 @@ class _Table:
             return default
         if size < minimum:
             self.add(name, f"{size} bytes is too small; expected at least {minimum} bytes")
+            return default
+        if maximum is not None and size > maximum:
+            self.add(name, f"{_number(size)} bytes is too large; expected at most {maximum} bytes")
             return default
         return size
 
@@ -1020,6 +1044,21 @@ class _Loader:
                 section="backends",
                 defined=self.backend_names,
             )
+        fallback_backend: str | None = None
+        if only_on("fallback_backend", ("tls-passthrough",)):
+            # Where connections go that carry no usable SNI (no SNI, not TLS, a malformed
+            # or oversized ClientHello); "" or absent closes them.
+            fallback_backend = table.text("fallback_backend") or None
+            if fallback_backend is not None:
+                self._reference(
+                    table,
+                    "fallback_backend",
+                    fallback_backend,
+                    referrer="listener",
+                    kind="backend",
+                    section="backends",
+                    defined=self.backend_names,
+                )
 
         accept_proxy_protocol = table.boolean("accept_proxy_protocol", False)
         trusted = self._trusted_proxies(table)
@@ -1108,12 +1147,20 @@ class _Loader:
             max_body_size=table.size("max_body_size", 0),
             max_headers=table.integer("max_headers", 100, minimum=1),
             max_connections=table.integer("max_connections", 10_000, minimum=1),
+            max_client_hello_size=table.size(
+                "max_client_hello_size",
+                16 * 1024,
+                minimum=_MIN_CLIENT_HELLO,
+                maximum=_MAX_CLIENT_HELLO,
+            ),
+            connect_idle_timeout=table.duration("connect_idle_timeout", 3600.0),
         )
         config = ListenerConfig(
             name=name,
             bind=tuple(b for b, _ in binds),
             protocol=protocol,
             backend=backend,
+            fallback_backend=fallback_backend,
             accept_proxy_protocol=accept_proxy_protocol,
             trusted_proxies=tuple(trusted),
             client_ip_header=client_ip_header,
@@ -1377,7 +1424,21 @@ class _Loader:
         send_proxy_protocol = table.choice(
             "send_proxy_protocol", _PROXY_VERSIONS, "", "PROXY protocol version"
         )
-        health = self._health(table)
+        proxy_known = (
+            not table.has("send_proxy_protocol")
+            or raw.get("send_proxy_protocol") in _PROXY_VERSIONS
+        )
+        proxy_protocol_crc32c = table.boolean("proxy_protocol_crc32c", False)
+        if proxy_protocol_crc32c and proxy_known and send_proxy_protocol != "v2":
+            # PP2_TYPE_CRC32C is a TLV of the binary v2 header (PROXY protocol spec §2.2);
+            # a v1 line has nowhere to put a checksum.
+            now = f'is "{send_proxy_protocol}"' if send_proxy_protocol else "is not set"
+            table.add(
+                "proxy_protocol_crc32c",
+                "a CRC32C checksum exists only in PROXY protocol v2 headers; set "
+                f'send_proxy_protocol = "v2" (send_proxy_protocol {now}) or remove it',
+            )
+        health = self._health(table, tls if tls_known else None)
         backend = BackendConfig(
             name=name,
             servers=servers,
@@ -1388,6 +1449,7 @@ class _Loader:
             server_name=server_name,
             client_cert=client_cert,
             send_proxy_protocol=send_proxy_protocol,
+            proxy_protocol_crc32c=proxy_protocol_crc32c,
             health=health,
             connect_timeout=table.duration("connect_timeout", 5.0),
             read_timeout=table.duration("read_timeout", 60.0),
@@ -1458,7 +1520,9 @@ class _Loader:
             return None
         return ServerConfig(host=host, port=port, weight=weight)
 
-    def _health(self, backend: _Table) -> HealthCheckConfig | None:
+    def _health(self, backend: _Table, tls: UpstreamTLS | None) -> HealthCheckConfig | None:
+        """The ``health`` table of a backend whose ``tls`` mode is ``tls`` (None when that
+        mode was invalid and already reported)."""
         if not backend.has("health"):
             return None
         value = backend.data["health"]
@@ -1475,14 +1539,22 @@ class _Loader:
         path = table.text("path")
         default_kind: Literal["http", "tcp"] = "http" if path is not None else "tcp"
         kind = table.choice("type", _HEALTH_KINDS, default_kind, "health check type")
-        if kind == "tcp":
+        kind_known = not table.has("type") or value.get("type") in _HEALTH_KINDS
+        if kind_known and kind != "http":
             for key in ("path", "host", "expect_status"):
-                if table.has(key):
-                    table.add(
-                        key,
-                        f'{key} is only used by http checks; set path (and type = "http") '
-                        "or remove it",
+                if not table.has(key) or (key == "host" and kind == "tls"):
+                    continue
+                if kind == "tls":
+                    message = (
+                        f"{key} is only used by http checks; a tls check completes a TLS "
+                        "handshake and sends no request, so remove it"
                     )
+                else:
+                    users = "http and tls checks" if key == "host" else "http checks"
+                    message = (
+                        f'{key} is only used by {users}; set path (and type = "http") or remove it'
+                    )
+                table.add(key, message)
         if path is None:
             path = "/"
         elif not path.startswith("/"):
@@ -1490,8 +1562,17 @@ class _Loader:
         elif (problem := _plain_text_problem(path)) is not None:
             table.add("path", problem)
         host = table.string("host", "")
-        if host and (problem := _plain_text_problem(host)) is not None:
+        if host and kind == "tls":
+            # A tls check sends host as the SNI name and verifies the certificate against
+            # it, so it must be a name a certificate can hold: no port, no spaces.
+            normalized, problem = _normalize_host(host, wildcard=False, underscore=True)
+            if problem is not None:
+                table.add("host", f"{problem}; a tls check sends host as the SNI name")
+            else:
+                host = normalized
+        elif host and (problem := _plain_text_problem(host)) is not None:
             table.add("host", problem)
+        tls_verify, ca_file = self._health_tls(table, kind if kind_known else None, tls)
         expect_status = self._expect_status(table)
         interval = table.duration("interval", 2.0)
         timeout = table.duration("timeout", 1.0)
@@ -1509,7 +1590,51 @@ class _Loader:
             timeout=timeout,
             rise=table.integer("rise", 2, minimum=1),
             fall=table.integer("fall", 3, minimum=1),
+            tls_verify=tls_verify,
+            ca_file=ca_file,
         )
+
+    def _health_tls(
+        self, table: _Table, kind: str | None, tls: UpstreamTLS | None
+    ) -> tuple[bool, Path | None]:
+        """``tls_verify`` and ``ca_file`` of a health check of ``kind`` on a backend with
+        ``tls`` (either None when invalid, so that nothing is reported twice).
+
+        A check makes a TLS handshake when it is a tls check, or an http check of a
+        backend with tls on. Health checks never verify less than requests do: a check
+        of a ``tls = "verify"`` backend verifies whatever tls_verify says, so an explicit
+        ``tls_verify = false`` there would be silently overruled and is refused.
+        """
+        tls_verify = table.boolean("tls_verify", False)
+        handshakes = kind == "tls" or (kind == "http" and tls in ("insecure", "verify"))
+        if table.has("tls_verify") and kind is not None:
+            if kind == "tcp":
+                table.add(
+                    "tls_verify",
+                    "a tcp check makes no TLS handshake, so there is nothing to verify; "
+                    'use type = "tls" to check a server that speaks TLS, or remove tls_verify',
+                )
+            elif kind == "http" and tls == "off":
+                table.add(
+                    "tls_verify",
+                    'the backend has tls = "off", so its http checks make no TLS handshake and '
+                    'there is nothing to verify; use type = "tls" to check a server that '
+                    "terminates TLS itself, or remove tls_verify",
+                )
+            elif handshakes and tls == "verify" and table.data["tls_verify"] is False:
+                table.add(
+                    "tls_verify",
+                    'checks of a tls = "verify" backend always verify the certificate, as '
+                    'requests do; remove tls_verify = false (or use tls = "insecure")',
+                )
+        ca_file = self._path(table, "ca_file")
+        if ca_file is not None and table.data.get("tls_verify") is not True:
+            table.add(
+                "ca_file",
+                "ca_file is only used with tls_verify = true: it holds the CA certificates "
+                "the check verifies the server's certificate against",
+            )
+        return tls_verify, ca_file
 
     def _expect_status(self, table: _Table) -> tuple[int, int]:
         default = (200, 399)

@@ -89,6 +89,9 @@ class ListenerLimits:
     max_body_size: int = 0  # 0 = unlimited
     max_connections: int = 10_000  # per listener, per worker
     tls_handshake_timeout: float = 10.0
+    # tcp / tls-passthrough listeners (and the PROXY header on any listener)
+    max_client_hello_size: int = 16 * 1024  # tls-passthrough: larger ClientHellos are refused
+    connect_idle_timeout: float = 3600.0  # tcp / tls-passthrough: no byte either way for this long
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,9 @@ class ListenerConfig:
     bind: tuple[BindAddress, ...]
     protocol: ListenerProtocol
     backend: str | None = None  # default backend when no route matches
+    # tls-passthrough: where connections go that can't be routed by SNI (no SNI, not TLS,
+    # a malformed or oversized ClientHello); None = close them
+    fallback_backend: str | None = None
     accept_proxy_protocol: bool = False
     trusted_proxies: tuple[IPNetwork, ...] = ()
     client_ip_header: str = ""  # e.g. "CF-Connecting-IP"; read only from trusted_proxies
@@ -137,7 +143,7 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class HealthCheckConfig:
-    kind: Literal["http", "tcp"] = "http"  # "http" when a path is given, else "tcp"
+    kind: Literal["http", "tcp", "tls"] = "http"  # "http" when a path is given, else "tcp"
     path: str = "/"
     host: str = ""  # Host header for http checks; "" = the server address
     expect_status: tuple[int, int] = (200, 399)  # inclusive range
@@ -145,6 +151,10 @@ class HealthCheckConfig:
     timeout: float = 1.0
     rise: int = 2
     fall: int = 3
+    # "tls" checks (and "http" checks of tls backends): verify the server's certificate
+    # against ca_file (None = the system store) for `host` or the backend's server_name
+    tls_verify: bool = False
+    ca_file: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +168,7 @@ class BackendConfig:
     server_name: str = ""
     client_cert: str = ""
     send_proxy_protocol: ProxyProtocolVersion = ""
+    proxy_protocol_crc32c: bool = False  # v2 only: append a CRC32C TLV
     health: HealthCheckConfig | None = None  # None = no active checks
     connect_timeout: float = 5.0
     read_timeout: float = 60.0  # max silence while waiting for / reading a response

@@ -40,8 +40,10 @@ from tlsgate.errors import (
     UpstreamConnectError,
     UpstreamTimeout,
 )
+from tlsgate.net.l4 import proxy_header_for
 from tlsgate.net.upstream import Headers, UpstreamConnection, UpstreamFailure
 from tlsgate.proto import http1
+from tlsgate.proto.proxy_protocol import ProxyHeader
 
 if TYPE_CHECKING:
     from tlsgate.net.runtime import BackendRuntime, ListenerRuntime, ServerRuntime
@@ -171,12 +173,22 @@ class Exchange:
         if server is None:
             self.fail_local(503, f"no server of backend {self.backend.name!r} is available")
             return
-        idle = server.take_idle()
+        idle = self._take_idle(server)
         if idle is not None:
             # the common keep-alive case stays synchronous: no task, no extra loop turn
             self.attach(server, idle, reused=True)
             return
         self.conn.worker.spawn(self._connect(server))
+
+    def _take_idle(self, server: ServerRuntime) -> UpstreamConnection | None:
+        if server.backend.config.send_proxy_protocol:
+            conn = self.conn.private_upstreams.pop(server.key, None)
+            if conn is not None and conn.usable():
+                return conn
+            if conn is not None:
+                conn.abort()
+            return None
+        return server.take_idle()
 
     async def _connect(self, first: ServerRuntime) -> None:
         assert self.backend is not None
@@ -194,7 +206,7 @@ class Exchange:
                     else:
                         self.fail_local(503, f"no server of backend {backend.name!r} is available")
                     return
-                idle = server.take_idle()
+                idle = self._take_idle(server)
                 if idle is not None:
                     self.attach(server, idle, reused=True)
                     return
@@ -256,6 +268,19 @@ class Exchange:
         info = self.info
         upstream.begin(self, head_request=info.method == b"HEAD")
         conn = self.conn
+        cfg = server.backend.config
+        if cfg.send_proxy_protocol and not reused:
+            # a new connection for this client: its first bytes name the real client
+            upstream.write(
+                proxy_header_for(
+                    cfg.send_proxy_protocol,
+                    (conn.client_ip, conn.peer_port),
+                    (conn.local_ip, conn.local_port),
+                    sni=conn.sni,
+                    alpn="http/1.1" if conn.tls else None,
+                    crc32c=cfg.proxy_protocol_crc32c,
+                )
+            )
         fwd = http1.ForwardingContext(
             client_ip=conn.client_ip,
             peer_ip=conn.peer_ip,
@@ -462,7 +487,16 @@ class Exchange:
         if self.upstream_paused_by_client:
             upstream.resume_reading()
         backend = server.backend
-        if (
+        if backend.config.send_proxy_protocol:
+            # it carries this client's PROXY header: keep it for this client only
+            if reusable and upstream.usable() and not self.conn.closed:
+                old = self.conn.private_upstreams.pop(server.key, None)
+                if old is not None and old is not upstream:
+                    old.close()
+                self.conn.private_upstreams[server.key] = upstream
+            else:
+                upstream.close()
+        elif (
             reusable
             and upstream.usable()
             and not backend.retired
@@ -495,8 +529,18 @@ class Exchange:
 class ClientConnection(asyncio.Protocol):
     """One client connection on an http or https listener."""
 
-    def __init__(self, worker: Worker, listener: ListenerRuntime, tls: bool) -> None:
+    def __init__(
+        self,
+        worker: Worker,
+        listener: ListenerRuntime,
+        tls: bool,
+        *,
+        proxy: ProxyHeader | None = None,
+    ) -> None:
         self.worker = worker
+        self.proxy = proxy
+        # upstream connections that carry this client's PROXY header: never shared
+        self.private_upstreams: dict[str, UpstreamConnection] = {}
         self.listener = listener
         self.limits = listener.config.limits
         self.tls = tls
@@ -544,9 +588,18 @@ class ClientConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         self.peer_ip = str(peer[0]) if peer else ""
+        self.peer_port = int(peer[1]) if peer else 0
+        self.proxy_peer = ""
+        if self.proxy is not None and self.proxy.command == "PROXY" and self.proxy.source:
+            # the trusted load balancer in front vouches for the client: use it everywhere
+            self.proxy_peer = self.peer_ip
+            self.peer_ip, self.peer_port = self.proxy.source
         self.client_ip = self.peer_ip
         sockname = transport.get_extra_info("sockname")
+        self.local_ip = str(sockname[0]) if sockname else ""
         self.local_port = int(sockname[1]) if sockname else 0
+        if self.proxy is not None and self.proxy.command == "PROXY" and self.proxy.destination:
+            self.local_ip, self.local_port = self.proxy.destination
         self.peer_trusted = self.listener.is_trusted(self.peer_ip)
         self.client_key = self.client_ip.encode()
         if self.tls:
@@ -577,6 +630,9 @@ class ClientConnection(asyncio.Protocol):
         self._cancel_timer()
         self.listener.connections.discard(self)
         self.worker.connections.discard(self)
+        for up in self.private_upstreams.values():
+            up.close()
+        self.private_upstreams.clear()
         if self.tunnel_upstream is not None:
             up, self.tunnel_upstream = self.tunnel_upstream, None
             up.close()

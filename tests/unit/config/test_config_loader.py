@@ -762,6 +762,19 @@ def test_out_of_range_and_bad_backend_values(key: str, value: str, fragment: str
         ("max_headers", "0", "expected an integer >= 1"),
         ("max_connections", '"many"', "expected an integer, got string 'many'"),
         ("idle_timeout", "60", 'write idle_timeout = "60s"'),
+        (
+            "max_client_hello_size",
+            '"256B"',
+            "256 bytes is too small; expected at least 512 bytes",
+        ),
+        (
+            "max_client_hello_size",
+            '"2MiB"',
+            "2097152 bytes is too large; expected at most 1048576 bytes",
+        ),
+        ("max_client_hello_size", "true", "expected a size like '64KiB'"),
+        ("connect_idle_timeout", '"0s"', "must be longer than zero"),
+        ("connect_idle_timeout", "30", 'write connect_idle_timeout = "30s"'),
     ],
 )
 def test_listener_limit_problems(key: str, value: str, fragment: str) -> None:
@@ -973,6 +986,14 @@ def test_hsts_problems(hsts: str, fragment: str) -> None:
         ("tcp", "client_ip_header", '"X-Real-IP"', "only valid on http and https listeners"),
         ("https", "redirect_port", "8443", "only valid on http listeners"),
         ("http", "redirect_port", "8443", "only used with redirect_https = true"),
+        (
+            "tcp",
+            "fallback_backend",
+            '"app"',
+            "fallback_backend is only valid on tls-passthrough listeners, not on tcp",
+        ),
+        ("https", "fallback_backend", '"app"', "only valid on tls-passthrough listeners"),
+        ("http", "fallback_backend", '""', "only valid on tls-passthrough listeners"),
     ],
 )
 def test_keys_only_valid_on_some_protocols(
@@ -1157,7 +1178,42 @@ def test_certificate_files_are_required_and_not_empty() -> None:
         ('{ path = "/a b" }', "path", "contains spaces or control characters"),
         ('{ path = "/", host = "a\\r\\nX: y" }', "host", "contains spaces or control characters"),
         ('{ type = "tcp", path = "/" }', "path", "only used by http checks"),
-        ('{ type = "udp" }', "type", "expected one of: http, tcp"),
+        ('{ type = "tcp", host = "a.example" }', "host", "only used by http and tls checks"),
+        ('{ type = "udp" }', "type", "expected one of: http, tcp, tls"),
+        (
+            '{ type = "tls", path = "/" }',
+            "path",
+            "path is only used by http checks; a tls check completes a TLS handshake and "
+            "sends no request",
+        ),
+        ('{ type = "tls", expect_status = 200 }', "expect_status", "only used by http checks"),
+        (
+            '{ type = "tls", host = "example.com:443" }',
+            "host",
+            "is not a valid host name",
+        ),
+        ('{ type = "tls", host = "a b" }', "host", "a tls check sends host as the SNI name"),
+        (
+            '{ type = "tcp", tls_verify = true }',
+            "tls_verify",
+            'a tcp check makes no TLS handshake, so there is nothing to verify; use type = "tls"',
+        ),
+        (
+            '{ path = "/", tls_verify = false }',
+            "tls_verify",
+            'the backend has tls = "off", so its http checks make no TLS handshake',
+        ),
+        ('{ type = "tls", tls_verify = "true" }', "tls_verify", "write tls_verify = true"),
+        (
+            '{ type = "tls", ca_file = "ca.pem" }',
+            "ca_file",
+            "ca_file is only used with tls_verify = true",
+        ),
+        (
+            '{ type = "tls", tls_verify = false, ca_file = "ca.pem" }',
+            "ca_file",
+            "only used with tls_verify = true",
+        ),
         ("{ rise = 0 }", "rise", "expected an integer >= 1"),
         ('{ fall = "3" }', "fall", "write fall = 3 without quotes"),
         ('{ intervall = "2s" }', "intervall", "did you mean 'interval'?"),
@@ -1254,6 +1310,186 @@ retries = "2"
     assert "conf/tlsgate.toml: routes[0].path_prefix: 'api' must start with '/'" in rendered
 
 
+# --- tcp, tls-passthrough and the PROXY protocol ----------------------------------------
+
+
+def test_passthrough_listener_keys_map_onto_the_model() -> None:
+    text = (
+        BACKEND
+        + BACKEND.replace('"app"', '"legacy"')
+        + listener(
+            "tls-passthrough",
+            bind='":443"',
+            fallback_backend='"legacy"',
+            accept_proxy_protocol="true",
+            trusted_proxies='["10.0.0.0/8"]',
+            max_client_hello_size='"4KiB"',
+            connect_idle_timeout='"10m"',
+        )
+        + listener("tcp", bind='":5432"', connect_idle_timeout='"2h"')
+    )
+    passthrough, tcp = parse_config(text, SOURCE).listeners
+    assert passthrough.backend == "app"
+    assert passthrough.fallback_backend == "legacy"
+    assert passthrough.accept_proxy_protocol is True
+    assert passthrough.limits.max_client_hello_size == 4096
+    assert passthrough.limits.connect_idle_timeout == 600.0
+    assert tcp.fallback_backend is None
+    assert tcp.limits.connect_idle_timeout == 7200.0
+    assert tcp.limits.max_client_hello_size == 16 * 1024
+
+
+def test_l4_defaults() -> None:
+    (passthrough,) = parse_config(
+        BACKEND + listener("tls-passthrough", bind='":443"'), SOURCE
+    ).listeners
+    assert passthrough.fallback_backend is None
+    assert passthrough.limits.max_client_hello_size == 16 * 1024
+    assert passthrough.limits.connect_idle_timeout == 3600.0
+
+
+@pytest.mark.parametrize(("value", "expected"), [('"512B"', 512), ('"1MiB"', 1024 * 1024)])
+def test_max_client_hello_size_bounds_are_inclusive(value: str, expected: int) -> None:
+    text = BACKEND + listener("tls-passthrough", bind='":443"', max_client_hello_size=value)
+    assert parse_config(text, SOURCE).listeners[0].limits.max_client_hello_size == expected
+
+
+def test_fallback_backend_empty_means_none() -> None:
+    text = BACKEND + listener("tls-passthrough", bind='":443"', fallback_backend='""')
+    assert parse_config(text, SOURCE).listeners[0].fallback_backend is None
+
+
+def test_fallback_backend_must_be_defined() -> None:
+    text = BACKEND + listener("tls-passthrough", bind='":443"', fallback_backend='"old"')
+    problem = only_problem(text)
+    assert problem.key_path == "listeners[0].fallback_backend"
+    assert problem.message == (
+        "listener refers to backend 'old', which is not defined; defined backends: app"
+    )
+
+
+def test_fallback_backend_alone_is_not_somewhere_to_send_traffic() -> None:
+    """Connections with an SNI still need a default backend or a route."""
+    text = BACKEND + listener(
+        "tls-passthrough", bind='":443"', backend="omit", fallback_backend='"app"'
+    )
+    problem = only_problem(text)
+    assert problem.key_path == "listeners[0].backend"
+    assert "no backend and no route refers to it" in problem.message
+
+
+def test_tcp_listener_with_backend_and_proxy_protocol_is_valid() -> None:
+    text = (
+        listener(
+            "tcp",
+            bind='":5432"',
+            accept_proxy_protocol="true",
+            trusted_proxies='["192.0.2.0/24"]',
+        )
+        + BACKEND
+        + 'send_proxy_protocol = "v1"\n'
+    )
+    config = parse_config(text, SOURCE)
+    assert config.listeners[0].accept_proxy_protocol is True
+    assert config.backend("app").send_proxy_protocol == "v1"
+
+
+def test_proxy_protocol_crc32c_with_v2() -> None:
+    text = listener() + BACKEND + 'send_proxy_protocol = "v2"\nproxy_protocol_crc32c = true\n'
+    backend = parse_config(text, SOURCE).backend("app")
+    assert (backend.send_proxy_protocol, backend.proxy_protocol_crc32c) == ("v2", True)
+    assert parse_config(listener() + BACKEND, SOURCE).backend("app").proxy_protocol_crc32c is False
+
+
+@pytest.mark.parametrize(
+    ("extra", "path", "message"),
+    [
+        (
+            "proxy_protocol_crc32c = true",
+            "proxy_protocol_crc32c",
+            "a CRC32C checksum exists only in PROXY protocol v2 headers; set "
+            'send_proxy_protocol = "v2" (send_proxy_protocol is not set) or remove it',
+        ),
+        (
+            'send_proxy_protocol = "v1"\nproxy_protocol_crc32c = true',
+            "proxy_protocol_crc32c",
+            "a CRC32C checksum exists only in PROXY protocol v2 headers; set "
+            'send_proxy_protocol = "v2" (send_proxy_protocol is "v1") or remove it',
+        ),
+        (
+            # the invalid version is the only problem reported
+            'send_proxy_protocol = "v3"\nproxy_protocol_crc32c = true',
+            "send_proxy_protocol",
+            "'v3' is not a valid PROXY protocol version; expected one of: '', v1, v2",
+        ),
+        (
+            'send_proxy_protocol = "v2"\nproxy_protocol_crc32c = "true"',
+            "proxy_protocol_crc32c",
+            "expected a boolean (true or false), got string 'true'; "
+            "write proxy_protocol_crc32c = true without quotes",
+        ),
+    ],
+)
+def test_proxy_protocol_crc32c_problems(extra: str, path: str, message: str) -> None:
+    problem = only_problem(listener() + BACKEND + extra + "\n")
+    assert problem.key_path == f"backends[0].{path}"
+    assert problem.message == message
+
+
+def test_tls_health_check_maps_onto_the_model(tmp_path: Path) -> None:
+    source = tmp_path / "tlsgate.toml"
+    text = (
+        listener("tls-passthrough", bind='":443"')
+        + BACKEND
+        + 'health = { type = "tls", host = "App.Example", tls_verify = true, '
+        'ca_file = "certs/ca.pem", interval = "5s" }\n'
+    )
+    health = parse_config(text, source).backend("app").health
+    assert health == HealthCheckConfig(
+        kind="tls",
+        host="app.example",
+        tls_verify=True,
+        ca_file=tmp_path / "certs" / "ca.pem",
+        interval=5.0,
+    )
+    plain = parse_config(listener() + BACKEND + 'health = { type = "tls" }\n', SOURCE).backend(
+        "app"
+    )
+    assert plain.health == HealthCheckConfig(kind="tls")
+
+
+def test_http_check_of_a_tls_backend_may_verify() -> None:
+    text = (
+        listener()
+        + BACKEND
+        + 'tls = "insecure"\n'
+        + 'health = { path = "/healthz", tls_verify = true, ca_file = "/etc/ca.pem" }\n'
+    )
+    health = parse_config(text, SOURCE).backend("app").health
+    assert health is not None
+    assert (health.kind, health.tls_verify, health.ca_file) == (
+        "http",
+        True,
+        Path("/etc/ca.pem"),
+    )
+
+
+@pytest.mark.parametrize("kind", ['type = "tls"', 'path = "/"'])
+def test_checks_of_a_verifying_backend_cannot_skip_verification(kind: str) -> None:
+    text = listener() + BACKEND + f'tls = "verify"\nhealth = {{ {kind}, tls_verify = false }}\n'
+    problem = only_problem(text)
+    assert problem.key_path == "backends[0].health.tls_verify"
+    assert problem.message.startswith(
+        'checks of a tls = "verify" backend always verify the certificate, as requests do; '
+        "remove tls_verify = false"
+    )
+
+
+def test_tls_verify_is_not_reported_twice_when_the_type_is_invalid() -> None:
+    problem = only_problem(listener() + BACKEND + 'health = { type = "ssl", tls_verify = true }\n')
+    assert problem.key_path == "backends[0].health.type"
+
+
 # --- fuzzing ---------------------------------------------------------------------------------
 
 
@@ -1307,7 +1543,8 @@ KNOWN_KEYS = sorted(
         "client_cert", "send_proxy_protocol", "health", "connect_timeout", "read_timeout",
         "pool_idle_timeout", "fail_timeout", "retries", "max_idle_per_server", "max_fails",
         "address", "weight", "path", "host", "type", "expect_status", "interval", "timeout",
-        "rise", "fall",
+        "rise", "fall", "fallback_backend", "max_client_hello_size", "connect_idle_timeout",
+        "tls_verify", "proxy_protocol_crc32c",
     }
 )  # fmt: skip
 INTERESTING_STRINGS = [
@@ -1316,7 +1553,8 @@ INTERESTING_STRINGS = [
     "round_robin", "1.2", "1.3", "0.0.0.0:443", ":80", "[::]:443", "[::1]:8443",
     "127.0.0.1:80", "10.0.0.1:8080", "10.0.0.0/8", "10.0.0.1/8", "example.com",
     "*.example.com", "a.*.b", "max-age=1", "200-399", "sqlite://x.db", "etcd://h:1/p",
-    "~/x", "x\x00y", "bücher.de", "[", "[::1", "::1:80", "a" * 300,
+    "~/x", "x\x00y", "bücher.de", "[", "[::1", "::1:80", "a" * 300, "tls", "insecure",
+    "512B", "1MiB", "2MiB", "16KiB",
 ]  # fmt: skip
 
 keys = st.sampled_from(KNOWN_KEYS) | st.text(max_size=8)
@@ -1370,14 +1608,26 @@ def _assert_consistent(config: Config) -> None:
         assert set(lst.certificates) <= set(certificates)
         assert lst.default_certificate is None or lst.default_certificate in certificates
         assert all(1 <= b.port <= 65535 for b in lst.bind)
+        if lst.fallback_backend is not None:
+            assert lst.protocol == "tls-passthrough"
+            assert lst.fallback_backend in backends
+        assert 512 <= lst.limits.max_client_hello_size <= 1024 * 1024
+        assert lst.limits.connect_idle_timeout > 0
     for route in config.routes:
         assert route.backend in backends
         assert route.listener in listeners
         assert route.path_prefix.startswith("/")
     for backend in config.backends:
         assert all(1 <= s.weight <= 256 for s in backend.servers)
-        if backend.health is not None:
-            assert backend.health.timeout < backend.health.interval
+        if backend.proxy_protocol_crc32c:
+            assert backend.send_proxy_protocol == "v2"
+        health = backend.health
+        if health is not None:
+            assert health.timeout < health.interval
+            if health.ca_file is not None:
+                assert health.tls_verify
+            if health.tls_verify:
+                assert health.kind == "tls" or (health.kind == "http" and backend.tls != "off")
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
@@ -1508,6 +1758,29 @@ def test_documented_example_is_valid() -> None:
     assert [lst.name for lst in config.listeners] == ["https", "http", "postgres"]
     assert config.listeners[1].redirect_port == 443
     assert config.certificates[0].cert_file == Path("/etc/tlsgate/certs/www.pem")
+
+
+def test_documented_passthrough_example_is_valid() -> None:
+    """The TLS passthrough + PROXY example in docs/configuration.md must stay valid."""
+    docs = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
+    text = docs.read_text(encoding="utf-8")
+    section = text.split("## Example: TLS passthrough with the PROXY protocol", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    config = parse_config(example, SOURCE)
+    tls, postgres = config.listeners
+    assert (tls.protocol, tls.backend, tls.fallback_backend) == ("tls-passthrough", "web", "legacy")
+    assert tls.accept_proxy_protocol is True
+    assert tls.limits.connect_idle_timeout == 1800.0
+    assert (postgres.protocol, postgres.backend) == ("tcp", "db")
+    web = config.backend("web")
+    assert (web.send_proxy_protocol, web.proxy_protocol_crc32c) == ("v2", True)
+    assert web.health == HealthCheckConfig(
+        kind="tls",
+        host="www.example.com",
+        tls_verify=True,
+        ca_file=SOURCE.parent / "internal-ca.pem",
+    )
+    assert config.backend("api").send_proxy_protocol == "v1"
 
 
 def test_problems_are_listed_in_file_order() -> None:
