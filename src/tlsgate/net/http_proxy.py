@@ -28,7 +28,6 @@ import contextlib
 import ipaddress
 import logging
 import socket
-import ssl
 import time
 from collections import deque
 from typing import TYPE_CHECKING, cast
@@ -37,9 +36,12 @@ import httptools
 
 from tlsgate.errors import (
     ClientProtocolError,
+    NoServerAvailable,
     UpstreamConnectError,
+    UpstreamError,
     UpstreamTimeout,
 )
+from tlsgate.net.connect import connect_to_backend
 from tlsgate.net.l4 import proxy_header_for
 from tlsgate.net.upstream import Headers, UpstreamConnection, UpstreamFailure
 from tlsgate.proto import http1
@@ -195,67 +197,39 @@ class Exchange:
         backend = self.backend
         cfg = backend.config
         loop = self.conn.worker.loop
-        last_error: UpstreamFailure | None = None
-        server: ServerRuntime | None = first
-        while not self.finished:
-            if server is None:
-                server = backend.pick(self.conn.client_key, frozenset(self.tried))
-                if server is None:
-                    if last_error is not None:
-                        self.fail_upstream(last_error)
-                    else:
-                        self.fail_local(503, f"no server of backend {backend.name!r} is available")
-                    return
-                idle = self._take_idle(server)
-                if idle is not None:
-                    self.attach(server, idle, reused=True)
-                    return
+
+        async def open_one(server: ServerRuntime) -> UpstreamConnection:
             self.t_upstream = time.monotonic()
-            server.state.active += 1
-            try:
-                _transport, proto = await asyncio.wait_for(
-                    loop.create_connection(
-                        lambda s=server: UpstreamConnection(s, loop),
-                        server.state.host,
-                        server.state.port,
-                        ssl=backend.ssl_context,
-                        server_hostname=(cfg.server_name or server.state.host)
-                        if backend.ssl_context
-                        else None,
-                    ),
-                    timeout=cfg.connect_timeout,
-                )
-            except (TimeoutError, OSError, ssl.SSLError) as exc:
-                server.state.active -= 1
-                if isinstance(exc, TimeoutError):
-                    last_error = UpstreamTimeout(
-                        f"connecting to {server.key} took longer than {cfg.connect_timeout:g}s"
-                    )
-                else:
-                    last_error = UpstreamConnectError(f"connecting to {server.key} failed: {exc}")
-                ejected = server.state.record_failure(
-                    time.monotonic(), max_fails=cfg.max_fails, fail_timeout=cfg.fail_timeout
-                )
-                log.warning(
-                    "backend %s: %s%s",
-                    backend.name,
-                    last_error,
-                    f"; server ejected for {cfg.fail_timeout:g}s" if ejected else "",
-                )
-                self.tried.add(server.key)
-                if len(self.tried) > cfg.retries:
-                    self.fail_upstream(last_error)
-                    return
-                server = None
-                continue
-            server.state.active -= 1
-            server.state.record_success()
-            if self.is_finished():  # the client may have gone while we connected
-                proto.close()
-                return
-            assert isinstance(proto, UpstreamConnection)
-            self.attach(server, proto, reused=False)
+            _transport, proto = await loop.create_connection(
+                lambda: UpstreamConnection(server, loop),
+                server.state.host,
+                server.state.port,
+                ssl=backend.ssl_context,
+                server_hostname=(cfg.server_name or server.state.host)
+                if backend.ssl_context
+                else None,
+            )
+            return proto
+
+        try:
+            server, upstream, reused = await connect_to_backend(
+                backend,
+                self.conn.client_key,
+                self.tried,
+                open_one,
+                first=first,
+                reuse=self._take_idle,
+            )
+        except NoServerAvailable as exc:
+            self.fail_local(503, str(exc))
             return
+        except UpstreamError as exc:
+            self.fail_upstream(exc)
+            return
+        if self.is_finished():  # the client went away while we connected
+            upstream.close()
+            return
+        self.attach(server, upstream, reused=reused)
 
     def attach(self, server: ServerRuntime, upstream: UpstreamConnection, *, reused: bool) -> None:
         assert self.info is not None

@@ -40,7 +40,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from tlsgate.errors import RemoteProtocolError
+from tlsgate.errors import RemoteProtocolError, UpstreamError
+from tlsgate.net.connect import connect_to_backend
 from tlsgate.proto.clienthello import ClientHello, parse_client_hello
 from tlsgate.proto.common import NeedMoreData
 from tlsgate.proto.proxy_protocol import (
@@ -306,6 +307,7 @@ class Splicer:
         self.idle_timeout = idle_timeout
         self.on_close = on_close
         self.closed = False
+        self.first_eof: str | None = None  # which side closed first, for the access log
         self.last_activity = loop.time()
         self._timer: asyncio.TimerHandle | None = None
 
@@ -336,6 +338,8 @@ class Splicer:
             return
         if n == 0:
             d.eof = True
+            if self.first_eof is None:
+                self.first_eof = d.name
             self.loop.remove_reader(d.src.fileno())
         else:
             d.in_pipe += n
@@ -376,8 +380,7 @@ class Splicer:
             with contextlib.suppress(OSError):
                 d.dst.shutdown(socket.SHUT_WR)
             if self.up.eof and self.down.eof and not self.up.in_pipe and not self.down.in_pipe:
-                first = "client" if self.up.eof else "server"
-                self.close(f"{first} closed")
+                self.close(f"{self.first_eof} closed")
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -512,58 +515,36 @@ class L4Session:
 
     async def _connect(self) -> None:
         assert self.backend is not None
-        backend = self.backend
-        cfg = backend.config
         loop = self.worker.loop
-        last = ""
-        while not self.closed:
-            server = backend.pick(self.client[0].encode(), frozenset(self.tried))
-            if server is None:
-                self.finish(last or f"no server of backend {backend.name!r} is available")
-                return
-            server.state.active += 1
-            up: socket.socket | None = None
+
+        async def open_one(server: ServerRuntime) -> socket.socket:
+            infos = await loop.getaddrinfo(
+                server.state.host, server.state.port, type=socket.SOCK_STREAM
+            )
+            family, _, _, _, sockaddr = infos[0]
+            up = socket.socket(family, socket.SOCK_STREAM)
+            up.setblocking(False)
             try:
-                async with asyncio.timeout(cfg.connect_timeout):
-                    infos = await loop.getaddrinfo(
-                        server.state.host, server.state.port, type=socket.SOCK_STREAM
-                    )
-                    family, _, _, _, sockaddr = infos[0]
-                    up = socket.socket(family, socket.SOCK_STREAM)
-                    up.setblocking(False)
-                    await loop.sock_connect(up, sockaddr)
-            except (TimeoutError, OSError) as exc:
-                server.state.active -= 1
-                if up is not None:
-                    up.close()
-                last = (
-                    f"connecting to {server.key} took longer than {cfg.connect_timeout:g}s"
-                    if isinstance(exc, TimeoutError)
-                    else f"connecting to {server.key} failed: {exc.strerror or exc}"
-                )
-                ejected = server.state.record_failure(
-                    time.monotonic(), max_fails=cfg.max_fails, fail_timeout=cfg.fail_timeout
-                )
-                log.warning(
-                    "backend %s: %s%s",
-                    backend.name,
-                    last,
-                    f"; server ejected for {cfg.fail_timeout:g}s" if ejected else "",
-                )
-                self.tried.add(server.key)
-                if len(self.tried) > cfg.retries:
-                    self.finish(last)
-                    return
-                continue
-            server.state.record_success()
-            if self.is_closed():
-                server.state.active -= 1
+                await loop.sock_connect(up, sockaddr)
+            except BaseException:  # failed, timed out or cancelled: don't leak the socket
                 up.close()
-                return
-            self.server = server
-            self.upstream = up
-            self._forward(up)
+                raise
+            return up
+
+        try:
+            server, up, _ = await connect_to_backend(
+                self.backend, self.client[0].encode(), self.tried, open_one
+            )
+        except UpstreamError as exc:
+            self.finish(str(exc))
             return
+        if self.is_closed():
+            up.close()
+            return
+        server.state.active += 1
+        self.server = server
+        self.upstream = up
+        self._forward(up)
 
     def is_closed(self) -> bool:
         return self.closed

@@ -1,0 +1,101 @@
+"""Connecting to a server of a backend: pick, connect, retry elsewhere, eject.
+
+One loop serves HTTP upstreams and L4 sessions alike. A server that fails to
+connect is recorded (passive ejection after ``max_fails`` consecutive
+failures, for ``fail_timeout``) and excluded, and another is picked, up to
+``retries`` times; nothing has been sent yet, so retrying is always safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from tlsgate.errors import NoServerAvailable, UpstreamConnectError, UpstreamError, UpstreamTimeout
+
+if TYPE_CHECKING:
+    from tlsgate.net.runtime import BackendRuntime, ServerRuntime
+
+log = logging.getLogger("tlsgate.connect")
+
+T = TypeVar("T")
+
+
+def _reason(exc: OSError) -> str:
+    """The errno's own words ("Connection refused"), not asyncio's "Connect call failed"."""
+    if isinstance(exc, ssl.SSLError) or not exc.errno:
+        return str(exc)
+    return os.strerror(exc.errno)
+
+
+async def connect_to_backend(
+    backend: BackendRuntime,
+    client_key: bytes,
+    tried: set[str],
+    connect: Callable[[ServerRuntime], Awaitable[T]],
+    *,
+    first: ServerRuntime | None = None,
+    reuse: Callable[[ServerRuntime], T | None] | None = None,
+) -> tuple[ServerRuntime, T, bool]:
+    """Connect to some server of ``backend``; returns (server, connection, reused).
+
+    Args:
+        client_key: what ip_hash hashes (the client address).
+        tried: servers already tried for this request; updated in place.
+        connect: opens a new connection to one server; may raise OSError/ssl.SSLError
+            and must clean up after itself when cancelled (the timeout cancels it).
+        first: a server already picked (no idle connection was available for it).
+        reuse: returns an idle connection to a server, if it has one.
+
+    Raises:
+        NoServerAvailable: no server of the backend is available.
+        UpstreamTimeout, UpstreamConnectError: the last failure, once retries are spent.
+    """
+    cfg = backend.config
+    last: UpstreamError | None = None
+    server = first
+    while True:
+        if server is None:
+            server = backend.pick(client_key, frozenset(tried))
+            if server is None:
+                raise last or NoServerAvailable(
+                    f"no server of backend {backend.name!r} is available"
+                )
+            if reuse is not None and (idle := reuse(server)) is not None:
+                return server, idle, True
+        server.state.active += 1
+        try:
+            async with asyncio.timeout(cfg.connect_timeout):
+                conn = await connect(server)
+        except TimeoutError:
+            last = UpstreamTimeout(
+                f"connecting to {server.key} took longer than {cfg.connect_timeout:g}s"
+            )
+        except (OSError, ssl.SSLError) as exc:
+            last = UpstreamConnectError(f"connecting to {server.key} failed: {_reason(exc)}")
+        except asyncio.CancelledError:  # the request went away
+            server.state.active -= 1
+            raise
+        else:
+            server.state.active -= 1
+            server.state.record_success()
+            return server, conn, False
+        server.state.active -= 1
+        ejected = server.state.record_failure(
+            time.monotonic(), max_fails=cfg.max_fails, fail_timeout=cfg.fail_timeout
+        )
+        log.warning(
+            "backend %s: %s%s",
+            backend.name,
+            last,
+            f"; server ejected for {cfg.fail_timeout:g}s" if ejected else "",
+        )
+        tried.add(server.key)
+        if len(tried) > cfg.retries:
+            raise last
+        server = None
