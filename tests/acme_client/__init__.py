@@ -1,0 +1,1 @@
+"""ACME client tests (a package so its conftest does not clash with other test folders')."""
