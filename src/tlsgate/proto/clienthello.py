@@ -49,6 +49,11 @@ _EXT_SERVER_NAME = 0  # RFC 6066 §3
 _EXT_ALPN = 16  # RFC 7301 §3.1
 _EXT_SUPPORTED_VERSIONS = 43  # RFC 8446 §4.2.1
 _NAME_TYPE_HOST_NAME = 0
+_EXTENSION_NAMES = {
+    _EXT_SERVER_NAME: "server_name extension",
+    _EXT_ALPN: "ALPN extension",
+    _EXT_SUPPORTED_VERSIONS: "supported_versions extension",
+}
 
 # A DNS host name: dot-separated labels of letters, digits, hyphens -- and
 # underscores, which are not legal in host names (RFC 952/1123) but do occur in
@@ -311,7 +316,7 @@ def _parse_body(body: bytes, size: int) -> ClientHello:
         msg.expect_end()
         while extensions.remaining:
             ext_type = extensions.uint(2, "extension type")
-            ext = extensions.vector(2, f"extension {ext_type} data")
+            ext = extensions.vector(2, _EXTENSION_NAMES.get(ext_type, f"extension {ext_type}"))
             # RFC 8446 §4.2: "There MUST NOT be more than one extension of
             # the same type in a given extension block."
             if ext_type in types:

@@ -118,7 +118,8 @@ class ProxyHeader:
             only: the proxy's own connection, e.g. a health check; use the real
             endpoints).
         protocol: ``"TCP4"``/``"TCP6"``, or ``"UNKNOWN"`` for v1 UNKNOWN and
-            for v2 UNSPEC, AF_UNIX and UDP.
+            for v2 UNSPEC, AF_UNIX and UDP. For LOCAL it still names the
+            family byte (when defined), but no addresses are given.
         source: ``(ip, port)`` of the original client when ``protocol`` is
             TCP4/TCP6 and ``command`` is PROXY, else ``None``. IPv6 is in
             compressed form, IPv4-mapped IPv6 as ``::ffff:a.b.c.d``.
@@ -243,7 +244,8 @@ def _parse_v1(data: bytes) -> ProxyHeader | NeedMoreData:
         raise ProxyProtocolError("PROXY v1: the line ends with a bare LF instead of CRLF")
     line = window[len(_V1_PREFIX) : lf - 1]
     size = lf + 1
-    if line.startswith(b"UNKNOWN") and line[7:8] in (b"", b" "):
+    _check_v1_partial(line)  # the same messages whether or not the CRLF is here yet
+    if line.startswith(b"UNKNOWN") and line[7:8] in (b"", b" ", b"\r"):
         # "For "UNKNOWN", the rest of the line before the CRLF may be omitted
         # by the sender, and the receiver must ignore anything presented
         # before the CRLF is found."

@@ -1,4 +1,4 @@
-"""proto.http1 and routing must not load asyncio, socket or ssl, even indirectly."""
+"""proto and routing must not load asyncio, socket or ssl, even indirectly."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 _CHECK = """
 import sys
 import tlsgate.proto.http1, tlsgate.routing.hosts, tlsgate.routing.balance, tlsgate.routing.health
+import tlsgate.proto.clienthello, tlsgate.proto.proxy_protocol
 print(",".join(m for m in ("asyncio", "socket", "ssl", "selectors") if m in sys.modules))
 """
 
