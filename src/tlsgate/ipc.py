@@ -61,6 +61,17 @@ class HealthUpdate:
 
 
 @dataclass(frozen=True)
+class Challenges:
+    """ACME challenge responses every worker must answer (the whole current set).
+
+    ``http01``: token -> key authorization; ``tls_alpn01``: name -> (cert PEM, key PEM).
+    """
+
+    http01: dict[str, str]
+    tls_alpn01: dict[str, tuple[bytes, bytes]]
+
+
+@dataclass(frozen=True)
 class Stop:
     """Stop accepting, finish in-flight work within ``timeout`` seconds, exit."""
 
@@ -79,7 +90,7 @@ class Configured:
     error: str = ""
 
 
-Message = Configure | HealthUpdate | Stop | Configured
+Message = Configure | HealthUpdate | Challenges | Stop | Configured
 
 
 class Channel:

@@ -34,13 +34,15 @@ from dataclasses import dataclass, field
 import uvloop
 
 from tlsgate.certs.bundle import CertificateBundle, load_bundles
+from tlsgate.certs.manager import CertificateManager
 from tlsgate.config.loader import load_config
 from tlsgate.config.model import BindAddress, Config
-from tlsgate.errors import CertificateError, ConfigError, TlsgateError
+from tlsgate.errors import CertificateError, ConfigError, StoreError, TlsgateError
 from tlsgate.features import unsupported_features
-from tlsgate.ipc import Channel, Configure, Configured, HealthUpdate, Message, Stop
+from tlsgate.ipc import Challenges, Channel, Configure, Configured, HealthUpdate, Message, Stop
 from tlsgate.logs import setup_error_log
 from tlsgate.net.health_check import HealthChecker
+from tlsgate.store import Store, open_store
 
 log = logging.getLogger("tlsgate.supervisor")
 
@@ -111,8 +113,13 @@ class Supervisor:
     def __init__(self, config_path: str, config: Config, bundles: tuple[CertificateBundle, ...]):
         self.config_path = config_path
         self.config = config
-        self.bundles = bundles
+        self.bundles = bundles  # from files; ACME-managed ones come from self.manager
         self.generation = 1
+        self.store: Store | None = None
+        self.manager: CertificateManager | None = None
+        self._manager_task: asyncio.Task[None] | None = None
+        self.http01: dict[str, str] = {}
+        self.tls_alpn01: dict[str, tuple[bytes, bytes]] = {}
         self.sockets: dict[int, dict[BindAddress, socket.socket]] = {}
         self.workers: dict[int, WorkerHandle] = {}
         self.health: dict[tuple[str, str], bool] = {}
@@ -192,12 +199,14 @@ class Supervisor:
         msg = Configure(
             generation=self.generation,
             config=self.config,
-            bundles=self.bundles,
+            bundles=self.served_bundles(),
             binds=tuple(binds),
             health=dict(self.health),
         )
         try:
             handle.channel.send(msg, [slot_socks[b].fileno() for b in binds])
+            if self.http01 or self.tls_alpn01:
+                handle.channel.send(Challenges(dict(self.http01), dict(self.tls_alpn01)))
         except OSError as exc:
             fut.set_result(Configured(handle.slot, self.generation, error=f"channel: {exc}"))
         return fut
@@ -249,11 +258,7 @@ class Supervisor:
 
     def _on_health_change(self, backend: str, server: str, healthy: bool) -> None:
         self.health[(backend, server)] = healthy
-        msg = HealthUpdate(backend, server, healthy)
-        for handle in list(self.workers.values()):
-            # a dead worker gets the full state when it is respawned
-            with contextlib.suppress(OSError):
-                handle.channel.send(msg)
+        self._broadcast(HealthUpdate(backend, server, healthy))
 
     def _sync_health_checkers(self) -> None:
         wanted: dict[tuple[str, str], HealthChecker] = {}
@@ -286,12 +291,78 @@ class Supervisor:
             if key not in wanted:
                 del self.health[key]
 
+    # ---- certificates (ACME) ------------------------------------------------------------
+
+    def served_bundles(self) -> tuple[CertificateBundle, ...]:
+        managed = self.manager.bundles() if self.manager is not None else []
+        return self.bundles + tuple(managed)
+
+    async def _start_certificates(self, config: Config) -> None:
+        """Open the store and load managed certificates (nothing is ordered yet)."""
+        if self._manager_task is not None:
+            self._manager_task.cancel()
+            self._manager_task = None
+        self.manager = None
+        if config.acme is None:
+            return
+        if self.store is None:
+            data_dir = config.node.data_dir
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            key_file = config.store.key_file or data_dir / "store.key"
+            self.store = open_store(config.store.url, key_file=key_file)
+        self.manager = CertificateManager(config, self.store, self, self._certificates_changed)
+        await self.manager.load()
+
+    def _run_manager(self) -> None:
+        if self.manager is not None and self.loop is not None:
+            self._manager_task = self.loop.create_task(self.manager.run())
+
+    def set_http01(self, token: str, key_authorization: str | None) -> None:
+        if key_authorization is None:
+            self.http01.pop(token, None)
+        else:
+            self.http01[token] = key_authorization
+        self._broadcast(Challenges(dict(self.http01), dict(self.tls_alpn01)))
+
+    def set_tls_alpn01(self, name: str, cert_and_key: tuple[bytes, bytes] | None) -> None:
+        if cert_and_key is None:
+            self.tls_alpn01.pop(name, None)
+        else:
+            self.tls_alpn01[name] = cert_and_key
+        self._broadcast(Challenges(dict(self.http01), dict(self.tls_alpn01)))
+
+    def _broadcast(self, msg: Challenges | HealthUpdate) -> None:
+        for handle in list(self.workers.values()):
+            # a dead worker gets the full state when it is respawned
+            with contextlib.suppress(OSError):
+                handle.channel.send(msg)
+
+    def _certificates_changed(self) -> None:
+        if self.loop is not None and not self.stopping:
+            task = self.loop.create_task(self._push_certificates())
+            self._pushes.add(task)
+            task.add_done_callback(self._pushes.discard)
+
+    async def _push_certificates(self) -> None:
+        """New certificates to every worker: new handshakes use them, open connections stay."""
+        assert self._reload_lock is not None
+        async with self._reload_lock:
+            self.generation += 1
+            futs = [self._configure(h) for h in self.workers.values()]
+            errors = await self._await_configured(futs)
+            for e in errors:
+                log.error("certificate update: %s", e)
+            if not errors:
+                log.info("certificates updated: generation %d", self.generation)
+
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def run(self) -> int:
         self.loop = asyncio.get_running_loop()
         self._stop_event = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        self._pushes: set[asyncio.Task[None]] = set()
+        await self._start_certificates(self.config)
         n = worker_count(self.config)
         binds = all_binds(self.config)
         for slot in range(n):
@@ -309,6 +380,7 @@ class Supervisor:
         self.loop.add_signal_handler(signal.SIGTERM, self._stop_event.set)
         self.loop.add_signal_handler(signal.SIGINT, self._stop_event.set)
         self._sync_health_checkers()
+        self._run_manager()
         watcher = self.loop.create_task(self._watch_children())
         listeners = ", ".join(
             f"{lc.name} ({lc.protocol}) on {', '.join(str(b) for b in lc.bind)}"
@@ -355,6 +427,11 @@ class Supervisor:
                         del socks[bind]
             log.error("reload failed: %s; still serving generation %d", exc, self.generation)
             return
+        try:
+            await self._start_certificates(config)
+        except (StoreError, CertificateError) as exc:
+            log.error("reload failed: %s; still serving generation %d", exc, self.generation)
+            return
         self.config, self.bundles = config, bundles
         self.generation += 1
         self._sync_health_checkers()
@@ -379,10 +456,13 @@ class Supervisor:
                 log.error("reload: %s", e)
             log.error("reload of generation %d failed on some workers", self.generation)
             return
+        self._run_manager()
         log.info("reload complete: generation %d, %d worker(s)", self.generation, n_new)
 
     async def _shutdown(self, timeout: float) -> None:
         self.stopping = True
+        if self._manager_task is not None:
+            self._manager_task.cancel()
         for checker in self.checkers.values():
             checker.stop()
         for handle in self.workers.values():
@@ -403,6 +483,8 @@ class Supervisor:
                 handle.proc.kill()
                 handle.proc.wait()
             handle.channel.close()
+        if self.store is not None:
+            await self.store.close()
 
 
 def serve(config_path: str) -> int:

@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Callable, Coroutine
@@ -32,11 +33,20 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import uvloop
 
+from tlsgate.certs.bundle import bundle_from_pem
+from tlsgate.certs.cache import make_server_context
 from tlsgate.config.model import BindAddress, Config
-from tlsgate.ipc import Channel, Configure, Configured, HealthUpdate, Message, Stop
+from tlsgate.errors import CertificateError
+from tlsgate.ipc import Challenges, Channel, Configure, Configured, HealthUpdate, Message, Stop
 from tlsgate.logs import AccessLog, setup_error_log
 from tlsgate.net.http_proxy import ClientConnection
-from tlsgate.net.l4 import Acceptor, Address, L4Session, accept_http_with_proxy
+from tlsgate.net.l4 import (
+    ACME_TLS_ALPN,
+    Acceptor,
+    Address,
+    L4Session,
+    accept_http_with_preamble,
+)
 from tlsgate.net.runtime import ListenerRuntime, Runtime
 
 if TYPE_CHECKING:
@@ -69,6 +79,8 @@ class Worker:
         self.done = loop.create_future()
         self._access = AccessLog("")
         self._tasks: set[asyncio.Task[None]] = set()
+        self.acme_http01: dict[str, str] = {}
+        self._tls_alpn01_contexts: dict[str, ssl.SSLContext] = {}
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a task the worker keeps a reference to (asyncio holds tasks weakly)."""
@@ -86,6 +98,8 @@ class Worker:
             self.health[(message.backend, message.server)] = message.healthy
             if self.runtime is not None:
                 self.runtime.set_health(message.backend, message.server, message.healthy)
+        elif isinstance(message, Challenges):
+            self._set_challenges(message)
         elif isinstance(message, Stop):
             self.spawn(self.drain(message.timeout))
         else:
@@ -130,6 +144,8 @@ class Worker:
 
     async def _serve(self, runtime: Runtime) -> None:
         new_servers: list[Closable] = []
+        acme = runtime.config.acme
+        tls_alpn = acme is not None and "tls-alpn-01" in acme.challenges
         try:
             for lc in runtime.config.listeners:
                 lr = runtime.listeners[lc.name]
@@ -142,9 +158,12 @@ class Worker:
                         acceptor = Acceptor(self.loop, sock, lc.name, self._l4_factory(lr))
                         acceptor.start()
                         server = acceptor
-                    elif lc.accept_proxy_protocol:
+                    elif lc.accept_proxy_protocol or (tls and tls_alpn):
                         acceptor = Acceptor(
-                            self.loop, sock, lc.name, self._proxied_http_factory(lr, tls)
+                            self.loop,
+                            sock,
+                            lc.name,
+                            self._preamble_http_factory(lr, tls, want_hello=tls and tls_alpn),
                         )
                         acceptor.start()
                         server = acceptor
@@ -172,13 +191,31 @@ class Worker:
 
         return accept
 
-    def _proxied_http_factory(
-        self, lr: ListenerRuntime, tls: bool
+    def _preamble_http_factory(
+        self, lr: ListenerRuntime, tls: bool, *, want_hello: bool
     ) -> Callable[[socket.socket, Address], None]:
         def accept(sock: socket.socket, peer: Address) -> None:
-            accept_http_with_proxy(self, lr, tls, sock, peer)
+            accept_http_with_preamble(self, lr, tls, sock, peer, want_hello=want_hello)
 
         return accept
+
+    # ---- ACME challenges ------------------------------------------------------------------
+
+    def acme_tls_alpn01_context(self, name: str) -> ssl.SSLContext | None:
+        return self._tls_alpn01_contexts.get(name.lower())
+
+    def _set_challenges(self, msg: Challenges) -> None:
+        self.acme_http01 = dict(msg.http01)
+        contexts: dict[str, ssl.SSLContext] = {}
+        for name, (cert_pem, key_pem) in msg.tls_alpn01.items():
+            try:
+                bundle = bundle_from_pem(name, [name], cert_pem, key_pem)
+                contexts[name.lower()] = make_server_context([bundle], alpn=(ACME_TLS_ALPN,))
+            except CertificateError as exc:
+                log.error(
+                    "worker %d: unusable TLS-ALPN-01 certificate for %s: %s", self.slot, name, exc
+                )
+        self._tls_alpn01_contexts = contexts
 
     def _reply(self, message: Configured) -> None:
         try:

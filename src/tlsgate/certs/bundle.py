@@ -117,7 +117,33 @@ def load_bundle(
             unreadable or encrypted, the key does not belong to the leaf, or a
             domain is not covered by the leaf.
     """
-    chain_data = _read(cert_file, "cert_file")
+    return bundle_from_pem(
+        name,
+        domains,
+        _read(cert_file, "cert_file"),
+        _read(key_file, "key_file"),
+        cert_source=str(cert_file),
+        key_source=str(key_file),
+    )
+
+
+def bundle_from_pem(
+    name: str,
+    domains: Sequence[str],
+    chain_data: bytes,
+    key_data: bytes,
+    *,
+    cert_source: str = "the certificate chain",
+    key_source: str = "the private key",
+) -> CertificateBundle:
+    """Build a bundle from PEM bytes, with the checks of :func:`load_bundle`.
+
+    ``cert_source``/``key_source`` name where the bytes came from, for messages.
+
+    Raises:
+        CertificateError: as :func:`load_bundle`.
+    """
+    cert_file, key_file = cert_source, key_source
     try:
         chain = x509.load_pem_x509_certificates(chain_data)
     except ValueError as exc:
@@ -127,7 +153,6 @@ def load_bundle(
         ) from exc
     leaf = chain[0]
 
-    key_data = _read(key_file, "key_file")
     try:
         key = serialization.load_pem_private_key(key_data, password=None)
     except TypeError as exc:

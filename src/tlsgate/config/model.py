@@ -65,6 +65,35 @@ class StoreConfig:
     key_file: Path | None = None
 
 
+AcmeChallenge = Literal["http-01", "tls-alpn-01", "dns-01"]
+KeyTypeName = Literal["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
+
+
+@dataclass(frozen=True)
+class DnsUpdateConfig:
+    """DNS-01 through RFC 2136 dynamic updates, signed with TSIG (RFC 8945)."""
+
+    server: str  # "host:port" of the authoritative server that takes updates
+    zone: str  # the zone updated, e.g. "example.com"
+    tsig_key_name: str = ""
+    tsig_secret: str = ""  # base64, as in BIND's key files
+    tsig_algorithm: str = "hmac-sha256"
+    propagation_delay: float = 0.0  # wait after the update before answering the challenge
+
+
+@dataclass(frozen=True)
+class AcmeConfig:
+    directory: str  # the ACME server's directory URL
+    email: str = ""
+    ca_file: Path | None = None  # extra trust for the ACME server's own TLS (tests: Pebble's)
+    challenges: tuple[AcmeChallenge, ...] = ("http-01", "tls-alpn-01")
+    key_types: tuple[KeyTypeName, ...] = ("ecdsa-p256",)
+    eab_kid: str = ""  # external account binding (RFC 8555 §7.3.4), both or neither
+    eab_hmac_key: str = ""  # base64url
+    dns: DnsUpdateConfig | None = None  # required when "dns-01" is in challenges
+    renew_check_interval: float = 3600.0  # how often due dates are re-examined
+
+
 @dataclass(frozen=True)
 class CertificateConfig:
     """A certificate the node serves. With ``issuer = "files"`` it is read from disk.
@@ -191,6 +220,7 @@ class Config:
     listeners: tuple[ListenerConfig, ...]
     routes: tuple[RouteConfig, ...]
     backends: tuple[BackendConfig, ...]
+    acme: AcmeConfig | None = None
 
     def backend(self, name: str) -> BackendConfig:
         for b in self.backends:

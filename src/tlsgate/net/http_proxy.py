@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tlsgate.http")
 
+ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 # Client reading pauses once this much request body waits for an upstream.
 BUFFER_HIGH_WATER = 256 * 1024
 # More pipelined requests than this waiting: stop reading until some are answered.
@@ -788,6 +789,12 @@ class ClientConnection(asyncio.Protocol):
         if self.listener.config.client_ip_header and self.peer_trusted:
             self._take_client_ip_header(headers)
         lc = self.listener.config
+        if not self.tls and info.path.startswith(ACME_CHALLENGE_PREFIX) and self.worker.acme_http01:
+            answer = self._acme_http01(info)
+            if answer is not None:
+                self.receiving = answer
+                self._enqueue(answer)
+                return
         if lc.protocol == "http" and lc.redirect_https:
             location = http1.https_redirect_location(info, lc.redirect_port)
             ex = Exchange(
@@ -814,6 +821,32 @@ class ClientConnection(asyncio.Protocol):
         if ex is not None:
             ex.request_complete(self._trailers)
         self._trailers = []
+
+    def _acme_http01(self, info: http1.RequestInfo) -> Exchange | None:
+        """RFC 8555 §8.3: answer a pending HTTP-01 challenge, before any redirect or route."""
+        token = info.path[len(ACME_CHALLENGE_PREFIX) :]
+        key_auth = self.worker.acme_http01.get(token)
+        if key_auth is None or info.method not in (b"GET", b"HEAD"):
+            return None
+        body = key_auth.encode("ascii")
+        head = http1.response_head_bytes(
+            200,
+            b"OK",
+            [
+                (b"Content-Type", b"application/octet-stream"),
+                (b"Content-Length", str(len(body)).encode()),
+                (b"Cache-Control", b"no-store"),
+            ],
+        )
+        close = not info.keep_alive
+        return Exchange(
+            self,
+            info,
+            [],
+            local_response=head + (b"" if info.method == b"HEAD" else body),
+            local_status=200,
+            close_after=close,
+        )
 
     def _take_client_ip_header(self, headers: Headers) -> None:
         wanted = self.listener.config.client_ip_header.lower().encode()

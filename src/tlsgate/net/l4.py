@@ -662,12 +662,27 @@ def is_ip(value: str) -> bool:
     return True
 
 
-def accept_http_with_proxy(
-    worker: Worker, listener: ListenerRuntime, tls: bool, sock: socket.socket, peer: Address
+ACME_TLS_ALPN = "acme-tls/1"
+
+
+def accept_http_with_preamble(
+    worker: Worker,
+    listener: ListenerRuntime,
+    tls: bool,
+    sock: socket.socket,
+    peer: Address,
+    *,
+    want_hello: bool,
 ) -> None:
-    """An http/https listener with ``accept_proxy_protocol``: header first, then HTTP (or TLS)."""
+    """An http/https listener that must read before HTTP or TLS starts.
+
+    That is a PROXY header (``accept_proxy_protocol``), and/or the ClientHello of an
+    https listener that answers ACME TLS-ALPN-01 (RFC 8737): a client offering only
+    ``acme-tls/1`` for a name with a pending challenge gets the challenge certificate.
+    """
     lc = listener.config
-    if not listener.is_trusted(peer[0]):
+    want_proxy = lc.accept_proxy_protocol
+    if want_proxy and not listener.is_trusted(peer[0]):
         log.info(
             "listener %s: closing a connection from %s: PROXY headers are accepted from "
             "trusted_proxies only",
@@ -677,37 +692,48 @@ def accept_http_with_proxy(
         sock.close()
         return
 
-    def done(proxy: ProxyHeader | None, _hello: ClientHello | None, error: str | None) -> None:
-        if error is not None or proxy is None:
+    def done(proxy: ProxyHeader | None, hello: ClientHello | None, error: str | None) -> None:
+        if (want_proxy and proxy is None) or (error is not None and not error.startswith("bad")):
             log.info("listener %s: closing a connection from %s: %s", lc.name, peer[0], error)
             sock.close()
             return
-        worker.spawn(_start_http(worker, listener, tls, sock, proxy))
+        # a malformed ClientHello is left for OpenSSL to refuse with a proper alert
+        context = listener.certificates.base_context if tls and listener.certificates else None
+        if hello is not None and ACME_TLS_ALPN in hello.alpn and hello.server_name:
+            challenge = worker.acme_tls_alpn01_context(hello.server_name)
+            if challenge is not None:
+                context = challenge
+        worker.spawn(_start_http(worker, listener, sock, proxy, context))
 
     Preamble(
         worker.loop,
         sock,
-        want_proxy=True,
-        want_hello=False,
-        max_hello=0,
+        want_proxy=want_proxy,
+        want_hello=want_hello,
+        max_hello=lc.limits.max_client_hello_size,
         timeout=lc.limits.header_timeout,
         on_done=done,
     ).start()
 
 
 async def _start_http(
-    worker: Worker, listener: ListenerRuntime, tls: bool, sock: socket.socket, proxy: ProxyHeader
+    worker: Worker,
+    listener: ListenerRuntime,
+    sock: socket.socket,
+    proxy: ProxyHeader | None,
+    context: ssl.SSLContext | None,
 ) -> None:
     from tlsgate.net.http_proxy import ClientConnection
 
     lc = listener.config
     try:
         await worker.loop.connect_accepted_socket(
-            lambda: ClientConnection(worker, listener, tls, proxy=proxy),
+            lambda: ClientConnection(worker, listener, context is not None, proxy=proxy),
             sock=sock,
-            ssl=listener.certificates.base_context if tls and listener.certificates else None,
-            ssl_handshake_timeout=lc.limits.tls_handshake_timeout if tls else None,
+            ssl=context,
+            ssl_handshake_timeout=lc.limits.tls_handshake_timeout if context else None,
         )
     except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-        log.info("listener %s: connection from %s failed: %s", lc.name, proxy.source, exc)
+        who = proxy.source if proxy is not None and proxy.source else "a client"
+        log.info("listener %s: connection from %s failed: %s", lc.name, who, exc)
         sock.close()

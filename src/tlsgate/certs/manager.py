@@ -1,0 +1,450 @@
+"""Certificate lifecycle for ``issuer = "acme"``: lock -> re-check -> issue -> store -> serve.
+
+How this works: the manager runs in the supervisor (control plane), never in a
+worker. At start it loads every managed certificate from the store; what is
+missing gets a self-signed placeholder (logged) so listeners can start, and is
+ordered at once. A certificate is *due* when ARI's window says so (RFC 9773)
+or, without ARI, when a third of its lifetime remains (with jitter). Issuing
+follows lock discipline (certmagic ``obtainCert``): take the store lock for
+the certificate, re-check the store (another process may have renewed it),
+order, answer each authorization with the first configured challenge that
+fits, finalize with a fresh key, put chain + key (sealed) + metadata in the
+store, release in ``finally``. Then ``on_change`` pushes the new bundles to
+every worker. Failures back off exponentially (capped) and leave the current
+certificate in service; the error is kept in the store for ``certs list``.
+
+Store layout (keys ending in ``.key`` are sealed by the store)::
+
+    acme/<directory-id>/account.key       account private key (PEM)
+    acme/<directory-id>/account.json      {"url": ..., "directory": ...}
+    certs/<name>/<key-type>/chain.pem     leaf first
+    certs/<name>/<key-type>/privkey.key
+    certs/<name>/<key-type>/meta.json     dates, renew_at, last_error, failures
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from tlsgate.acme import (
+    AcmeClient,
+    AcmeError,
+    ari_cert_id,
+    choose_renewal_time,
+    default_renewal_time,
+    key_authorization,
+    make_csr,
+    tls_alpn01_certificate,
+)
+from tlsgate.acme.client import Authorization, Challenge
+from tlsgate.certs.bundle import CertificateBundle, bundle_from_pem
+from tlsgate.config.model import AcmeConfig, CertificateConfig, Config
+from tlsgate.errors import CertificateError, StoreError
+from tlsgate.store.base import Store
+
+log = logging.getLogger("tlsgate.certs")
+
+LOCK_TTL = 600.0
+BACKOFF_START = 30.0
+BACKOFF_CAP = 6 * 3600.0
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+class ChallengeSink(Protocol):
+    """Where challenge responses go: the supervisor pushes them to every worker."""
+
+    def set_http01(self, token: str, key_authorization: str | None) -> None: ...
+    def set_tls_alpn01(self, name: str, cert_and_key: tuple[bytes, bytes] | None) -> None: ...
+
+
+@dataclass
+class Managed:
+    """One (certificate, key type) the manager keeps valid."""
+
+    cert: CertificateConfig
+    key_type: str
+    bundle: CertificateBundle | None = None
+    renew_at: datetime | None = None
+    failures: int = 0
+    next_attempt: float = 0.0  # monotonic
+    last_error: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prefix(self) -> str:
+        return f"certs/{self.cert.name}/{self.key_type}"
+
+
+def generate_key(key_type: str) -> PrivateKey:
+    if key_type == "ecdsa-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    if key_type == "ecdsa-p384":
+        return ec.generate_private_key(ec.SECP384R1())
+    if key_type.startswith("rsa-"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(key_type[4:]))
+    raise CertificateError(f"unknown key type {key_type!r}")
+
+
+def _pem(key: PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def placeholder_bundle(cert: CertificateConfig) -> CertificateBundle:
+    """A self-signed stand-in served until the real certificate is issued."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    names = list(cert.domains)
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tlsgate placeholder")]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tlsgate placeholder")]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=7))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False)
+        .sign(key, hashes.SHA256())
+    )
+    return bundle_from_pem(
+        cert.name,
+        cert.domains,
+        leaf.public_bytes(serialization.Encoding.PEM),
+        _pem(key),
+        cert_source="a placeholder",
+        key_source="a placeholder",
+    )
+
+
+def directory_id(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+class CertificateManager:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        challenges: ChallengeSink,
+        on_change: Callable[[], None],
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        assert config.acme is not None
+        self.acme: AcmeConfig = config.acme
+        self.config = config
+        self.store = store
+        self.challenges = challenges
+        self.on_change = on_change
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrets
+        self.managed = [
+            Managed(c, kt)
+            for c in config.certificates
+            if c.issuer == "acme"
+            for kt in self.acme.key_types
+        ]
+        self.placeholders: dict[str, CertificateBundle] = {}
+        self._wake = asyncio.Event()
+        self.has_http = any(lc.protocol == "http" for lc in config.listeners)
+        self.has_https = any(lc.protocol == "https" for lc in config.listeners)
+
+    # ---- what workers serve -------------------------------------------------------------------
+
+    def bundles(self) -> list[CertificateBundle]:
+        """Issued bundles, and a placeholder for a certificate that has none yet."""
+        out: list[CertificateBundle] = []
+        for m in self.managed:
+            if m.bundle is not None:
+                out.append(m.bundle)
+        have = {b.name for b in out}
+        for m in self.managed:
+            name = m.cert.name
+            if name not in have:
+                if name not in self.placeholders:
+                    log.warning(
+                        "certificate %s: not issued yet; serving a self-signed placeholder",
+                        name,
+                    )
+                    self.placeholders[name] = placeholder_bundle(m.cert)
+                out.append(self.placeholders[name])
+                have.add(name)
+        return out
+
+    # ---- loading ---------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Adopt what the store holds; nothing is ordered here."""
+        for m in self.managed:
+            await self._load_one(m)
+
+    async def _load_one(self, m: Managed) -> bool:
+        chain = await self.store.get(f"{m.prefix}/chain.pem")
+        key = await self.store.get(f"{m.prefix}/privkey.key")
+        meta = await self.store.get(f"{m.prefix}/meta.json")
+        m.meta = json.loads(meta.value) if meta else {}
+        m.last_error = str(m.meta.get("last_error", ""))
+        if chain is None or key is None:
+            return False
+        try:
+            bundle = bundle_from_pem(
+                m.cert.name,
+                m.cert.domains,
+                chain.value,
+                key.value,
+                cert_source=f"store key {m.prefix}/chain.pem",
+                key_source=f"store key {m.prefix}/privkey.key",
+            )
+        except CertificateError as exc:
+            log.error(
+                "certificate %s (%s): unusable in the store: %s", m.cert.name, m.key_type, exc
+            )
+            return False
+        m.bundle = bundle
+        renew_at = m.meta.get("renew_at")
+        m.renew_at = (
+            datetime.fromisoformat(renew_at)
+            if isinstance(renew_at, str)
+            else default_renewal_time(bundle.not_before, bundle.not_after, self.rng)
+        )
+        return True
+
+    def due(self, m: Managed, now: datetime | None = None) -> bool:
+        now = now or datetime.now(UTC)
+        if m.bundle is None:
+            return True
+        if set(m.bundle.domains) != set(m.cert.domains):
+            return True  # the configured names changed
+        return m.renew_at is None or now >= m.renew_at
+
+    # ---- the loop -------------------------------------------------------------------------------
+
+    def request_check(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Keep every managed certificate valid, until cancelled."""
+        while True:
+            for m in self.managed:
+                if self.due(m) and time.monotonic() >= m.next_attempt:
+                    await self.obtain(m)
+            self._wake.clear()
+            delay = self._next_delay()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    def _next_delay(self) -> float:
+        delay = self.acme.renew_check_interval
+        now = datetime.now(UTC)
+        mono = time.monotonic()
+        for m in self.managed:
+            if m.next_attempt > mono:
+                delay = min(delay, m.next_attempt - mono)
+            elif m.renew_at is not None:
+                delay = min(delay, max(1.0, (m.renew_at - now).total_seconds()))
+        return max(1.0, delay)
+
+    async def obtain(self, m: Managed, *, force: bool = False) -> bool:
+        """Issue (or renew) one certificate under its lock. Returns True on success."""
+        name = m.cert.name
+        try:
+            async with await self.store.lock(f"{m.prefix}", ttl=LOCK_TTL):
+                # another process may have issued it while we waited for the lock
+                if await self._load_one(m) and not force and not self.due(m):
+                    log.info("certificate %s (%s): already renewed by another", name, m.key_type)
+                    self.on_change()
+                    return True
+                replaces = None
+                if m.bundle is not None:
+                    try:
+                        replaces = ari_cert_id(m.bundle.chain_pem)
+                    except ValueError:
+                        replaces = None
+                log.info(
+                    "certificate %s (%s): ordering for %s%s",
+                    name,
+                    m.key_type,
+                    ", ".join(m.cert.domains),
+                    " (renewal)" if m.bundle else "",
+                )
+                chain, key_pem = await self._order(m, replaces)
+                bundle = bundle_from_pem(name, m.cert.domains, chain, key_pem)
+                await self.store.put(f"{m.prefix}/chain.pem", chain)
+                await self.store.put(f"{m.prefix}/privkey.key", key_pem)
+                m.bundle = bundle
+                m.renew_at = await self._renewal_time(bundle)
+                m.failures = 0
+                m.next_attempt = 0.0
+                m.last_error = ""
+                await self._save_meta(m)
+        except (AcmeError, CertificateError, StoreError, OSError) as exc:
+            m.failures += 1
+            backoff = min(BACKOFF_CAP, BACKOFF_START * 2 ** (m.failures - 1))
+            backoff *= 1 + self.rng.random() * 0.1
+            m.next_attempt = time.monotonic() + backoff
+            m.last_error = str(exc)
+            log.error(
+                "certificate %s (%s): issuing failed (attempt %d): %s; next try in %ds%s",
+                name,
+                m.key_type,
+                m.failures,
+                exc,
+                int(backoff),
+                "; the current certificate stays in service" if m.bundle else "",
+            )
+            try:
+                await self._save_meta(m)
+            except StoreError as store_exc:
+                log.error("certificate %s: could not record the failure: %s", name, store_exc)
+            return False
+        log.info(
+            "certificate %s (%s): issued, valid until %s; renewal from %s",
+            name,
+            m.key_type,
+            bundle.not_after.isoformat(),
+            m.renew_at.isoformat() if m.renew_at else "?",
+        )
+        self.on_change()
+        return True
+
+    async def _save_meta(self, m: Managed) -> None:
+        b = m.bundle
+        meta = {
+            "issuer": "acme",
+            "directory": self.acme.directory,
+            "domains": list(m.cert.domains),
+            "key_type": m.key_type,
+            "not_before": b.not_before.isoformat() if b else None,
+            "not_after": b.not_after.isoformat() if b else None,
+            "fingerprint_sha256": b.fingerprint_sha256 if b else None,
+            "renew_at": m.renew_at.isoformat() if m.renew_at else None,
+            "last_error": m.last_error,
+            "failures": m.failures,
+            "updated": datetime.now(UTC).isoformat(),
+        }
+        await self.store.put(f"{m.prefix}/meta.json", json.dumps(meta).encode())
+
+    async def _renewal_time(self, bundle: CertificateBundle) -> datetime:
+        try:
+            async with self._client(await self._account_key()) as client:
+                info = await client.renewal_info(bundle.chain_pem)
+        except AcmeError as exc:
+            log.info("certificate %s: no renewal information (%s)", bundle.name, exc)
+            info = None
+        if info is not None:
+            return choose_renewal_time(info, datetime.now(UTC), self.rng)
+        return default_renewal_time(bundle.not_before, bundle.not_after, self.rng)
+
+    # ---- ACME ----------------------------------------------------------------------------------
+
+    def _client(
+        self, account_key: ec.EllipticCurvePrivateKey, url: str | None = None
+    ) -> AcmeClient:
+        ca = str(self.acme.ca_file) if self.acme.ca_file else None
+        return AcmeClient(self.acme.directory, account_key, ca_file=ca, account_url=url)
+
+    async def _account_key(self) -> ec.EllipticCurvePrivateKey:
+        prefix = f"acme/{directory_id(self.acme.directory)}"
+        entry = await self.store.get(f"{prefix}/account.key")
+        if entry is not None:
+            key = serialization.load_pem_private_key(entry.value, password=None)
+            if isinstance(key, ec.EllipticCurvePrivateKey):
+                return key
+        key = ec.generate_private_key(ec.SECP256R1())
+        await self.store.put(f"{prefix}/account.key", _pem(key))
+        return key
+
+    async def _account(self) -> tuple[ec.EllipticCurvePrivateKey, str | None]:
+        key = await self._account_key()
+        entry = await self.store.get(f"acme/{directory_id(self.acme.directory)}/account.json")
+        url = json.loads(entry.value).get("url") if entry else None
+        return key, url
+
+    async def _order(self, m: Managed, replaces: str | None) -> tuple[bytes, bytes]:
+        account_key, account_url = await self._account()
+        async with self._client(account_key, account_url) as client:
+            if account_url is None:
+                directory = await client.directory()
+                if directory.terms_of_service:
+                    log.info(
+                        "accepting the terms of service of %s: %s",
+                        self.acme.directory,
+                        directory.terms_of_service,
+                    )
+                eab = None
+                if self.acme.eab_kid:
+                    pad = "=" * (-len(self.acme.eab_hmac_key) % 4)
+                    eab = (
+                        self.acme.eab_kid,
+                        base64.urlsafe_b64decode(self.acme.eab_hmac_key + pad),
+                    )
+                account = await client.register(
+                    contact=[f"mailto:{self.acme.email}"] if self.acme.email else [], eab=eab
+                )
+                await self.store.put(
+                    f"acme/{directory_id(self.acme.directory)}/account.json",
+                    json.dumps({"url": account.url, "directory": self.acme.directory}).encode(),
+                )
+                log.info("ACME account %s at %s", account.url, self.acme.directory)
+            order = await client.new_order(m.cert.domains, replaces=replaces)
+            published: list[Callable[[], None]] = []
+            try:
+                for url in order.authorizations:
+                    authz = await client.get_authorization(url)
+                    if authz.status == "valid":
+                        continue
+                    challenge = self._choose(authz)
+                    published.append(self._publish(authz, challenge, account_key))
+                    await client.answer_challenge(challenge)
+                    await client.poll_authorization(authz.url)
+            finally:
+                for undo in published:
+                    undo()
+            key = generate_key(m.key_type)
+            order = await client.finalize(order, make_csr(m.cert.domains, key))
+            chain = await client.download_certificate(order)
+        return chain, _pem(key)
+
+    def _choose(self, authz: Authorization) -> Challenge:
+        offered = {c.type: c for c in authz.challenges}
+        for kind in self.acme.challenges:
+            if kind == "http-01" and (authz.wildcard or not self.has_http):
+                continue
+            if kind == "tls-alpn-01" and (authz.wildcard or not self.has_https):
+                continue
+            if kind == "dns-01":
+                continue  # RFC 2136 updates: not available in this version
+            if kind in offered and offered[kind].token:
+                return offered[kind]
+        raise CertificateError(
+            f"no usable challenge for {authz.identifier.value}: the CA offers "
+            f"{', '.join(sorted(offered))}; configured: {', '.join(self.acme.challenges)}"
+        )
+
+    def _publish(
+        self, authz: Authorization, challenge: Challenge, account_key: ec.EllipticCurvePrivateKey
+    ) -> Callable[[], None]:
+        token = challenge.token or ""
+        if challenge.type == "http-01":
+            self.challenges.set_http01(token, key_authorization(token, account_key))
+            return lambda: self.challenges.set_http01(token, None)
+        name = authz.identifier.value
+        self.challenges.set_tls_alpn01(name, tls_alpn01_certificate(name, token, account_key))
+        return lambda: self.challenges.set_tls_alpn01(name, None)
