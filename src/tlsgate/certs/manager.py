@@ -61,6 +61,7 @@ from tlsgate.store.base import Store
 log = logging.getLogger("tlsgate.certs")
 
 LOCK_TTL = 600.0
+RENEW_REQUEST = "renew-request"  # certs/<name>/renew-request: {"force": bool}
 BACKOFF_START = 30.0
 BACKOFF_CAP = 6 * 3600.0
 
@@ -241,6 +242,49 @@ class CertificateManager:
 
     async def run(self) -> None:
         """Keep every managed certificate valid, until cancelled."""
+        watcher = asyncio.get_running_loop().create_task(self.watch_store())
+        try:
+            await self._run()
+        finally:
+            watcher.cancel()
+
+    async def watch_store(self) -> None:
+        """React to the store: renew requests (``certs renew``), certificates put by others."""
+        async for event in self.store.watch("certs/"):
+            if event.kind != "put":
+                continue
+            parts = event.key.split("/")
+            if len(parts) == 3 and parts[2] == RENEW_REQUEST:
+                await self._renew_requested(parts[1], event.value or b"{}")
+            elif len(parts) == 4 and parts[3] == "chain.pem":
+                await self._adopt_from_store(parts[1], parts[2])
+
+    async def _renew_requested(self, name: str, value: bytes) -> None:
+        try:
+            force = bool(json.loads(value).get("force"))
+        except (ValueError, AttributeError):
+            force = False
+        targets = [m for m in self.managed if m.cert.name == name]
+        if not targets:
+            log.error("renew requested for %s, which is not an ACME-managed certificate", name)
+        for m in targets:
+            if force or self.due(m):
+                m.next_attempt = 0.0
+                await self.obtain(m, force=force)
+            else:
+                log.info("certificate %s (%s): not due; renew with --force", name, m.key_type)
+                await self._save_meta(m)  # tells the waiting CLI that the request was seen
+        await self.store.delete(f"certs/{name}/{RENEW_REQUEST}")
+
+    async def _adopt_from_store(self, name: str, key_type: str) -> None:
+        for m in self.managed:
+            if m.cert.name == name and m.key_type == key_type:
+                before = m.bundle.fingerprint_sha256 if m.bundle else None
+                if await self._load_one(m) and m.bundle and m.bundle.fingerprint_sha256 != before:
+                    log.info("certificate %s (%s): new certificate from the store", name, key_type)
+                    self.on_change()
+
+    async def _run(self) -> None:
         while True:
             for m in self.managed:
                 if self.due(m) and time.monotonic() >= m.next_attempt:
