@@ -8,7 +8,10 @@ would be valid) and hands back the default, so the walk always finishes and
 ``tlsgate check`` can show every problem at once. Names are collected before
 the walk so references (route -> backend, listener -> certificate) are checked
 where they appear; checks that span sections (overlapping binds, listeners
-with nowhere to send traffic) run at the end. Only when nothing was found is a
+with nowhere to send traffic, challenges nothing can answer) run at the end.
+The ``[acme]`` section is read before the certificates, so that an
+``issuer = "acme"`` certificate is checked against the challenge types it may
+use where it is written. Only when nothing was found is a
 :class:`~tlsgate.config.model.Config` returned; otherwise :class:`ConfigError`
 carries all the problems. Nothing here reads certificate or key files: the
 certificate code checks those.
@@ -18,6 +21,8 @@ Relative paths in the file resolve against the directory of the file.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import datetime
 import difflib
@@ -29,17 +34,22 @@ import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal, TypeVar
+from urllib.parse import urlsplit
 
 from tlsgate.config.model import (
     BALANCE_ALGORITHMS,
     LISTENER_PROTOCOLS,
+    AcmeChallenge,
+    AcmeConfig,
     BackendConfig,
     BindAddress,
     CertificateConfig,
     Config,
+    DnsUpdateConfig,
     HealthCheckConfig,
     IPNetwork,
     Issuer,
+    KeyTypeName,
     ListenerConfig,
     ListenerLimits,
     LogConfig,
@@ -64,15 +74,34 @@ _N = TypeVar("_N", CertificateConfig, ListenerConfig, BackendConfig)
 
 # --- the accepted shape -----------------------------------------------------------
 
-_SECTIONS = ("node", "log", "store", "certificates", "listeners", "routes", "backends")
+_SECTIONS = ("node", "log", "store", "acme", "certificates", "listeners", "routes", "backends")
 _ARRAY_SECTIONS = frozenset({"certificates", "listeners", "routes", "backends"})
 # Sections of the design that this version does not implement yet: rejected like
 # any unknown key, but with a message that says why.
-_UNSUPPORTED_SECTIONS = ("admin", "acme", "ca")
+_UNSUPPORTED_SECTIONS = ("admin", "ca")
 
 _NODE_KEYS = ("name", "data_dir", "workers", "shutdown_timeout")
 _LOG_KEYS = ("access", "error", "level")
 _STORE_KEYS = ("url", "key_file")
+_ACME_KEYS = (
+    "directory",
+    "email",
+    "ca_file",
+    "challenges",
+    "key_types",
+    "eab_kid",
+    "eab_hmac_key",
+    "renew_check_interval",
+    "dns",
+)
+_DNS_KEYS = (
+    "server",
+    "zone",
+    "tsig_key_name",
+    "tsig_secret",
+    "tsig_algorithm",
+    "propagation_delay",
+)
 _CERTIFICATE_KEYS = ("name", "domains", "issuer", "cert_file", "key_file")
 _LIMIT_KEYS = (
     "header_timeout",
@@ -141,6 +170,7 @@ _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "node": _NODE_KEYS,
     "log": _LOG_KEYS,
     "store": _STORE_KEYS,
+    "acme": _ACME_KEYS,
     "certificates": _CERTIFICATE_KEYS,
     "listeners": _LISTENER_KEYS,
     "routes": _ROUTE_KEYS,
@@ -159,7 +189,32 @@ _LOG_LEVELS: tuple[Literal["debug", "info", "warning", "error"], ...] = (
     "warning",
     "error",
 )
-_UNAVAILABLE_ISSUERS = ("acme", "ca")
+_ISSUERS: tuple[Issuer, ...] = ("files", "acme")
+_UNAVAILABLE_ISSUERS = ("ca",)
+_ACME_CHALLENGES: tuple[AcmeChallenge, ...] = ("http-01", "tls-alpn-01", "dns-01")
+_DEFAULT_CHALLENGES: tuple[AcmeChallenge, ...] = ("http-01", "tls-alpn-01")
+# Which listener protocol answers each challenge that a listener answers.
+_CHALLENGE_LISTENERS: dict[AcmeChallenge, str] = {"http-01": "http", "tls-alpn-01": "https"}
+_KEY_TYPES: tuple[KeyTypeName, ...] = (
+    "ecdsa-p256",
+    "ecdsa-p384",
+    "rsa-2048",
+    "rsa-3072",
+    "rsa-4096",
+)
+# The TSIG algorithms of RFC 8945 §6, which advises against using hmac-md5 and
+# hmac-sha1; they stay for old servers.
+_TSIG_ALGORITHMS = (
+    "hmac-sha256",
+    "hmac-sha512",
+    "hmac-sha384",
+    "hmac-sha224",
+    "hmac-sha1",
+    "hmac-md5",
+)
+_LETS_ENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+_MIN_EAB_KEY = 16  # bytes; a shorter "key" is a truncated copy or the key identifier
+_MIN_RENEW_CHECK = 1.0
 _TLS_VERSIONS: tuple[TLSVersion, ...] = ("1.2", "1.3")
 _UPSTREAM_TLS: tuple[UpstreamTLS, ...] = ("off", "insecure", "verify")
 _PROXY_VERSIONS: tuple[ProxyProtocolVersion, ...] = ("", "v1", "v2")
@@ -183,6 +238,12 @@ _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
 _LABEL_UNDERSCORE = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?", re.ASCII)
 _DIGITS = re.compile(r"[0-9]+", re.ASCII)
 _STATUS_RANGE = re.compile(r"([0-9]{3})(?:-([0-9]{3}))?", re.ASCII)
+# RFC 5322 §3.2.3 atext and dots, less '%' and '?', which a mailto: URI (RFC 6068)
+# would need escaped: ACME CAs refuse contacts with those.
+_EMAIL_LOCAL = re.compile(
+    r"[A-Za-z0-9!#$&'*+/=^_`{|}~-]+(?:\.[A-Za-z0-9!#$&'*+/=^_`{|}~-]+)*", re.ASCII
+)
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*", re.ASCII)
 
 
 # --- public API ----------------------------------------------------------------------
@@ -511,6 +572,173 @@ def _plain_text_problem(value: str) -> str | None:
     return None
 
 
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _has_control(value: str) -> bool:
+    return any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)
+
+
+def _directory_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an ACME directory URL, or None when it can.
+
+    RFC 8555 §6.1: "Each ACME function is accomplished by the client sending a
+    sequence of HTTPS requests to the server ... Use of HTTPS is REQUIRED." So the
+    directory, the one URL a client is configured with, must be an https URL.
+    """
+    example = f"expected the ACME server's directory URL, e.g. {_LETS_ENCRYPT!r}"
+    if _has_control(url):
+        return f"{_show(url)} contains spaces or control characters; {example}"
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return f"{_show(url)} is not a URL; {example}"
+    if scheme.lower() == "http":
+        return (
+            f'{_show(url)}: ACME requires HTTPS (RFC 8555 §6.1: "Use of HTTPS is REQUIRED"); '
+            f"write {_show('https://' + rest)}"
+        )
+    if scheme.lower() != "https":
+        return f"{_show(url)}: the scheme must be https; {example}"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return f"{_show(url)} has an invalid host or port; {example}"
+    if "@" in parts.netloc:
+        return f"{_show(url)} must not carry a user name or password; {example}"
+    if port == 0:
+        return f"{_show(url)} has port 0; expected 1 to 65535"
+    host = parts.hostname or ""
+    if not host:
+        return f"{_show(url)} has no host; {example}"
+    _, problem = _normalize_host(host, wildcard=False, underscore=False)
+    if problem is not None:
+        return f"{_show(url)}: {problem}"
+    if parts.fragment or url.endswith("#"):
+        return f"{_show(url)} must not have a fragment ('#...'); {example}"
+    return None
+
+
+def _email_problem(value: str) -> str | None:
+    """Why ``value`` is not a plausible contact address, or None.
+
+    RFC 8555 §7.3: the account's "contact" holds "mailto:" URLs; tlsgate adds the
+    scheme. The check is a plausibility test, not RFC 5322 in full: CAs refuse
+    quoted local parts, '?' (mailto: header fields) and domains without a dot.
+    """
+    example = "expected an address such as 'ops@example.com'"
+    if value[:7].lower() == "mailto:":
+        return (
+            f"{_show(value)}: write the address without 'mailto:' ({_show(value[7:])}); "
+            "tlsgate sends it to the CA as a mailto: contact"
+        )
+    local, at, domain = value.rpartition("@")
+    if not at or not local or not domain:
+        return f"{_show(value)} is not an email address; {example}"
+    if not _EMAIL_LOCAL.fullmatch(local):
+        return (
+            f"{_show(value)} is not a plausible email address: the part before '@' may hold "
+            "letters, digits, single dots between them and !#$&'*+/=^_`{|}~-; " + example
+        )
+    problem = _dns_name_problem(domain.lower(), wildcard=False)
+    if problem is not None:
+        return f"{_show(value)} has an invalid domain: {problem}; {example}"
+    if "." not in domain:
+        return (
+            f"{_show(value)}: the domain {_show(domain)} has no dot, and CAs refuse addresses "
+            f"that are not in a public domain; {example}"
+        )
+    return None
+
+
+def _parse_dns_server(text: str) -> str:
+    """The ``server`` of ``[acme.dns]``: ``host:port``, ``[v6]:port``, or a host alone.
+
+    Returns:
+        ``host:port`` (``[v6]:port``), with port 53 when none was written: RFC 1035
+        §4.2.2 "Messages sent over TCP connections use server port 53 (decimal)",
+        and §4.2.1 says the same of UDP.
+
+    Raises:
+        ValueError: with a message saying what would be valid.
+    """
+    example = (
+        "expected 'HOST:PORT' or 'HOST' (port 53), e.g. '10.0.0.53:53', 'ns1.example.com' "
+        "or '[2001:db8::53]:53'"
+    )
+    port = 53
+    try:
+        host = str(ipaddress.ip_address(text))  # a bare IPv4 or IPv6 address
+    except ValueError:
+        if text.startswith("[") and text.endswith("]"):
+            host = text[1:-1]
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise ValueError(
+                    f"{_show(host)} in brackets is not an IPv6 address; {example}"
+                ) from None
+        elif ":" in text:
+            host, port_text = _split_host_port(text)
+            port = _parse_port(port_text, text)
+        else:
+            host = text
+    if host == "":
+        raise ValueError(f"{_show(text)} has no host; {example}")
+    normalized, problem = _normalize_host(host, wildcard=False, underscore=False)
+    if problem is not None:
+        raise ValueError(f"{problem}; {example}")
+    return f"[{normalized}]:{port}" if ":" in normalized else f"{normalized}:{port}"
+
+
+def _eab_key(value: str) -> tuple[str, str | None]:
+    """An external account binding MAC key: (the key as unpadded base64url, problem).
+
+    RFC 8555 §7.3.4: "the CA operating the ACME server needs to provide the ACME
+    client with a MAC key and a key identifier"; CAs hand the key out base64url
+    encoded (RFC 4648 §5), some with '=' padding, which is dropped here so that
+    the key decodes as the JWS base64url of RFC 7515 §2. Messages never show the key.
+    """
+    text = value.rstrip("=")
+    if "+" in text or "/" in text:
+        return "", (
+            "the key contains '+' or '/', so it is standard base64; an EAB MAC key is "
+            "base64url (RFC 4648 §5, with '-' and '_' instead): copy it exactly as the CA "
+            "shows it"
+        )
+    if not _BASE64URL.fullmatch(text) or len(text) % 4 == 1:
+        return "", (
+            "the key is not base64url (RFC 4648 §5): letters, digits, '-' and '_', "
+            "optionally '=' padding at the end"
+        )
+    size = len(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+    if size < _MIN_EAB_KEY:
+        return "", (
+            f"the key decodes to {size} bytes; an EAB MAC key is at least {_MIN_EAB_KEY} "
+            "bytes, so copy the whole key the CA gave you"
+        )
+    return text, None
+
+
+def _tsig_secret_problem(value: str) -> str | None:
+    """Why ``value`` is not a TSIG secret (RFC 8945), or None. Never shows the secret."""
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return (
+            "the secret is not base64 (RFC 4648 §4); copy the secret line of the BIND "
+            "key file (tsig-keygen) or knot key (keymgr -t) as it is"
+        )
+    if not decoded:
+        return "the secret is empty"
+    return None
+
+
 # --- typed readers -----------------------------------------------------------------------
 
 
@@ -677,6 +905,67 @@ class _Table:
         self.add(name, f"{_show(value)} is not a valid {what}; expected one of: {_one_of(choices)}")
         return default
 
+    def choice_list(
+        self, name: str, choices: tuple[_T, ...], default: tuple[_T, ...], what: str
+    ) -> tuple[tuple[_T, ...], bool]:
+        """The array at ``name``: at least one of ``choices``, none of them twice.
+
+        Returns:
+            The values and whether the array was valid. Absent: ``default`` and True.
+            After a problem (reported): the valid entries, or ``default`` when none
+            was, and False, so that rules depending on the array can stay quiet.
+        """
+        if name not in self.data:
+            return default, True
+        value = self.data[name]
+        valid = _one_of(choices)
+        if not isinstance(value, list):
+            hint = ""
+            if isinstance(value, str) and value in choices:
+                hint = f'; write {name} = ["{value}"]'
+            self.add(name, f"expected an array of strings, some of: {valid}; {_got(value)}{hint}")
+            return default, False
+        if not value:
+            self.add(name, f"must list at least one {what}; expected some of: {valid}")
+            return default, False
+        out: list[_T] = []
+        ok = True
+        for i, item in enumerate(value):
+            path = f"{self.key(name)}[{i}]"
+            if not isinstance(item, str):
+                self.problems.add(path, f"expected a string, one of: {valid}; {_got(item)}")
+                ok = False
+                continue
+            match = next((c for c in choices if c == item), None)
+            if match is None:
+                self.problems.add(
+                    path,
+                    f"{_show(item)} is not a valid {what};{_suggest(item, choices)} "
+                    f"expected one of: {valid}",
+                )
+                ok = False
+            elif match in out:
+                self.problems.add(path, f"{_show(item)} is listed twice")
+                ok = False
+            else:
+                out.append(match)
+        return (tuple(out) if out else default), ok
+
+    def secret(self, name: str) -> str:
+        """The string at ``name`` ("" when absent). A value of the wrong type is
+        reported without showing it: it may be key material."""
+        if name not in self.data:
+            return ""
+        value = self.data[name]
+        if isinstance(value, str):
+            return value
+        self.add(name, f"expected a string, got {_toml_type(value)} (not shown: it is a secret)")
+        return ""
+
+    def given(self, name: str) -> bool:
+        """``name`` is set to something other than "" (which means "not set")."""
+        return name in self.data and self.data[name] != ""
+
     def strings(self, name: str) -> list[tuple[str, str]] | None:
         """Each string of the array at ``name`` with its key path; None when absent or
         not an array. Elements that are not strings are reported and skipped."""
@@ -727,6 +1016,10 @@ class _Loader:
         self.backend_names: list[str] = []
         self.listener_names: list[str] = []
         self.listener_protocols: dict[str, str] = {}
+        # [acme]: whether the file has the section at all, and its challenge types
+        # (None when there is no usable list, so that rules built on it stay quiet).
+        self.acme_present = False
+        self.acme_challenges: tuple[AcmeChallenge, ...] | None = None
 
     # The whole document.
 
@@ -750,6 +1043,7 @@ class _Loader:
         node = self._node(self._section_table("node", sections["node"]))
         log = self._log(self._section_table("log", sections["log"]))
         store = self._store(self._section_table("store", sections["store"]), node)
+        acme = self._acme(sections["acme"])
         certificates = self._unique(
             [self._certificate(path, raw) for path, raw in certificates_raw]
         )
@@ -758,6 +1052,7 @@ class _Loader:
         backends = self._unique([self._backend(path, raw) for path, raw in backends_raw])
         listeners = self._finish_listeners(drafts, routes_raw)
         self._check_routes_unique(routes)
+        self._check_challenges_answered(certificates, drafts)
 
         if self.problems.items:
             raise ConfigError(_in_file_order(self.problems.items, list(data)))
@@ -770,6 +1065,7 @@ class _Loader:
             listeners=listeners,
             routes=tuple(r for r, _ in routes),
             backends=tuple(b for b, _ in backends),
+            acme=acme,
         )
 
     def _check_top_level(self, data: Mapping[str, object]) -> None:
@@ -958,12 +1254,205 @@ class _Loader:
         table.add("url", f"{_show(url)} is not a store URL; expected {examples}")
         return None
 
+    # [acme]
+
+    def _acme(self, value: object) -> AcmeConfig | None:
+        """The ``[acme]`` section; None when the file has none (or it is not a table)."""
+        if value is None:
+            return None
+        self.acme_present = True
+        table = self._section_table("acme", value)
+        if not isinstance(value, dict):
+            return None
+        directory = table.required_text(
+            "directory", f'the ACME server\'s directory URL, e.g. directory = "{_LETS_ENCRYPT}"'
+        )
+        if directory is not None and (problem := _directory_problem(directory)) is not None:
+            table.add("directory", problem)
+        email = table.string("email", "")
+        if email and (problem := _email_problem(email)) is not None:
+            table.add("email", problem)
+        ca_file = self._path(table, "ca_file")
+        challenges, challenges_ok = table.choice_list(
+            "challenges", _ACME_CHALLENGES, _DEFAULT_CHALLENGES, "challenge type"
+        )
+        if challenges_ok:
+            self.acme_challenges = challenges
+        key_types, _ = table.choice_list("key_types", _KEY_TYPES, ("ecdsa-p256",), "key type")
+        eab_kid, eab_hmac_key = self._eab(table)
+        renew_check_interval = table.duration("renew_check_interval", 3600.0)
+        if renew_check_interval < _MIN_RENEW_CHECK:
+            table.add(
+                "renew_check_interval",
+                f"{_show(str(value.get('renew_check_interval')))} is shorter than 1s; expected a "
+                "duration of at least '1s', e.g. '1h'",
+            )
+            renew_check_interval = 3600.0
+        dns = self._dns(table, challenges if challenges_ok else None)
+        return AcmeConfig(
+            directory=directory or "",
+            email=email,
+            ca_file=ca_file,
+            challenges=challenges,
+            key_types=key_types,
+            eab_kid=eab_kid,
+            eab_hmac_key=eab_hmac_key,
+            dns=dns,
+            renew_check_interval=renew_check_interval,
+        )
+
+    def _eab(self, table: _Table) -> tuple[str, str]:
+        """``eab_kid`` and ``eab_hmac_key`` (unpadded base64url): both or neither."""
+        eab_kid = table.string("eab_kid", "")
+        # RFC 8555 §7.3.4: "The key identifier MUST be an ASCII string."
+        if eab_kid and (not eab_kid.isascii() or _has_control(eab_kid)):
+            table.add(
+                "eab_kid",
+                f"{_show(eab_kid)}: the key identifier must be ASCII without spaces or control "
+                "characters (RFC 8555 §7.3.4), as the CA gave it",
+            )
+        eab_hmac_key = table.secret("eab_hmac_key")
+        if eab_hmac_key:
+            eab_hmac_key, problem = _eab_key(eab_hmac_key)
+            if problem is not None:
+                table.add("eab_hmac_key", problem)
+        why = (
+            "external account binding (RFC 8555 §7.3.4) needs both the key identifier and "
+            "the MAC key that the CA gave you"
+        )
+        if table.given("eab_kid") and not table.given("eab_hmac_key"):
+            table.add("eab_hmac_key", f"eab_hmac_key is required with eab_kid: {why}")
+        elif table.given("eab_hmac_key") and not table.given("eab_kid"):
+            table.add("eab_kid", f"eab_kid is required with eab_hmac_key: {why}")
+        return eab_kid, eab_hmac_key
+
+    def _dns(
+        self, acme: _Table, challenges: tuple[AcmeChallenge, ...] | None
+    ) -> DnsUpdateConfig | None:
+        """``[acme.dns]``, for the dns-01 challenge (``challenges`` None: the list was
+        invalid and reported, so whether dns belongs here is not judged)."""
+        example = (
+            'e.g. dns = { server = "10.0.0.53:53", zone = "example.com", '
+            'tsig_key_name = "tlsgate", tsig_secret = "<base64>" }'
+        )
+        if not acme.has("dns"):
+            if challenges is not None and "dns-01" in challenges:
+                acme.add(
+                    "dns",
+                    "dns is required with the dns-01 challenge: the DNS server that takes "
+                    f"RFC 2136 updates for the _acme-challenge records, {example}",
+                )
+            return None
+        if challenges is not None and "dns-01" not in challenges:
+            acme.add(
+                "dns",
+                'dns is only used by the dns-01 challenge; add "dns-01" to challenges, '
+                "or remove dns",
+            )
+            return None
+        value = acme.data["dns"]
+        if not isinstance(value, dict):
+            acme.add("dns", f"expected a table, {_got(value)}; {example}")
+            return None
+        table = _Table(self.problems, value, acme.key("dns"), _DNS_KEYS)
+        server = ""
+        server_text = table.required_text(
+            "server",
+            "the 'host:port' of the DNS server that takes the updates (port 53 if left out)",
+        )
+        if server_text is not None:
+            try:
+                server = _parse_dns_server(server_text)
+            except ValueError as exc:
+                table.add("server", str(exc))
+        zone = table.required_text("zone", 'the zone that is updated, e.g. zone = "example.com"')
+        if zone is not None:
+            zone = zone.lower()
+            # Underscores allowed: the zone may be a delegated "_acme-challenge.example.com".
+            problem = _dns_name_problem(zone, wildcard=False, underscore=True)
+            if problem is not None:
+                table.add("zone", problem)
+        key_name = table.string("tsig_key_name", "").lower()
+        if key_name and (problem := _dns_name_problem(key_name, wildcard=False, underscore=True)):
+            table.add("tsig_key_name", f"a TSIG key name is a domain name: {problem}")
+        secret = table.secret("tsig_secret")
+        if secret and (problem := _tsig_secret_problem(secret)) is not None:
+            table.add("tsig_secret", problem)
+        # RFC 8945 §4.2: a signed message carries the key's name and the MAC made with
+        # its secret; one without the other cannot sign anything.
+        why = "a TSIG key (RFC 8945) is a name and a secret, as in the server's key file"
+        if table.given("tsig_key_name") and not table.given("tsig_secret"):
+            table.add("tsig_secret", f"tsig_secret is required with tsig_key_name: {why}")
+        elif table.given("tsig_secret") and not table.given("tsig_key_name"):
+            table.add("tsig_key_name", f"tsig_key_name is required with tsig_secret: {why}")
+        algorithm = table.choice(
+            "tsig_algorithm", _TSIG_ALGORITHMS, "hmac-sha256", "TSIG algorithm"
+        )
+        if (
+            table.has("tsig_algorithm")
+            and not table.given("tsig_key_name")
+            and not table.given("tsig_secret")
+        ):
+            table.add(
+                "tsig_algorithm",
+                "tsig_algorithm is only used with tsig_key_name and tsig_secret; add the key "
+                "or remove tsig_algorithm",
+            )
+        return DnsUpdateConfig(
+            server=server,
+            zone=zone or "",
+            tsig_key_name=key_name,
+            tsig_secret=secret,
+            tsig_algorithm=algorithm,
+            propagation_delay=table.duration("propagation_delay", 0.0, allow_zero=True),
+        )
+
+    def _check_challenges_answered(
+        self,
+        certificates: list[tuple[CertificateConfig, str]],
+        drafts: list[_ListenerDraft],
+    ) -> None:
+        """Some enabled challenge must be one that this node can answer.
+
+        http-01 is answered by http listeners and tls-alpn-01 by https listeners
+        (their ports are not checked: the CA validates on 80 and 443, but tests and
+        port-forwarding setups use others). dns-01 needs no listener. Only judged
+        when certificates are ordered at all and every listener's protocol is known.
+        """
+        challenges = self.acme_challenges
+        if challenges is None or "dns-01" in challenges:
+            return
+        if not any(c.issuer == "acme" for c, _ in certificates):
+            return
+        if any(not d.protocol_known for d in drafts):
+            return
+        protocols = {d.config.protocol for d in drafts}
+        if any(_CHALLENGE_LISTENERS[c] in protocols for c in challenges):
+            return
+        if challenges == ("http-01",):
+            message = (
+                "http-01 is answered by http listeners, and there is none; add one "
+                'or enable tls-alpn-01 (challenges = ["http-01", "tls-alpn-01"])'
+            )
+        elif challenges == ("tls-alpn-01",):
+            message = (
+                "tls-alpn-01 is answered by https listeners, and there is none; add one "
+                'or enable http-01 (challenges = ["http-01", "tls-alpn-01"])'
+            )
+        else:
+            message = (
+                "http-01 is answered by http listeners and tls-alpn-01 by https listeners, "
+                "and there are neither; add one, or enable dns-01"
+            )
+        self.problems.add("acme.challenges", message)
+
     # [[certificates]]
 
     def _certificate(self, path: str, raw: Mapping[str, object]) -> tuple[CertificateConfig, str]:
         table = _Table(self.problems, raw, path, _CERTIFICATE_KEYS)
         name = self._name(table, "certificate")
         domains: list[str] = []
+        domain_paths: list[tuple[str, str]] = []
         given = table.strings("domains")
         if given is None and not table.has("domains"):
             table.add("domains", "domains is required: the DNS names (or IP addresses) it covers")
@@ -977,9 +1466,12 @@ class _Loader:
                 self.problems.add(key_path, f"{_show(domain)} is listed twice")
             else:
                 domains.append(domain)
+                domain_paths.append((domain, key_path))
         issuer = self._issuer(table)
         cert_file = key_file = None
-        if issuer == "files":
+        if issuer == "acme":
+            self._acme_certificate(table, domain_paths)
+        elif issuer == "files":
             cert_file = self._path(
                 table, "cert_file", required='issuer "files" reads the certificate chain from it'
             )
@@ -990,26 +1482,77 @@ class _Loader:
             CertificateConfig(
                 name=name,
                 domains=tuple(domains),
-                issuer=issuer,
+                issuer=issuer or "files",
                 cert_file=cert_file,
                 key_file=key_file,
             ),
             path,
         )
 
-    def _issuer(self, table: _Table) -> Issuer:
+    def _issuer(self, table: _Table) -> Issuer | None:
+        """The issuer; None when it was invalid (reported), so that the keys each
+        issuer needs are not judged against a guess."""
         value = table.text("issuer")
-        if value is None or value == "files":
-            return "files"
+        if value is None:
+            return None if table.has("issuer") else "files"
+        for issuer in _ISSUERS:
+            if issuer == value:
+                return issuer
         if value in _UNAVAILABLE_ISSUERS:
             table.add(
                 "issuer",
-                f'issuer {value!r} is not available in this version; use issuer = "files" '
-                "with cert_file and key_file",
+                f'issuer {value!r} is not available in this version; use issuer = "acme" '
+                '(with an [acme] section) or issuer = "files" with cert_file and key_file',
             )
         else:
-            table.add("issuer", f"{_show(value)} is not a valid issuer; expected one of: files")
-        return "files"
+            table.add(
+                "issuer",
+                f"{_show(value)} is not a valid issuer; expected one of: {_one_of(_ISSUERS)}",
+            )
+        return None
+
+    def _acme_certificate(self, table: _Table, domains: list[tuple[str, str]]) -> None:
+        """The rules for an ``issuer = "acme"`` certificate with ``domains`` (each with
+        its key path)."""
+        for key in ("cert_file", "key_file"):
+            if table.has(key):
+                table.add(
+                    key,
+                    f'{key} is not used with issuer = "acme": tlsgate obtains the certificate '
+                    f"and its key from the ACME server and keeps them in the store; remove {key} "
+                    '(or use issuer = "files")',
+                )
+        if not self.acme_present:
+            table.add(
+                "issuer",
+                'issuer = "acme" needs an [acme] section with the ACME server\'s directory URL; '
+                f'add one, e.g. [acme] directory = "{_LETS_ENCRYPT}"',
+            )
+            return
+        challenges = self.acme_challenges
+        if challenges is None:
+            return  # the [acme] challenges were invalid, and reported there
+        for domain, key_path in domains:
+            if domain.startswith("*.") and "dns-01" not in challenges:
+                # CA/Browser Forum Baseline Requirements §3.2.2.4.19 (http-01) and
+                # §3.2.2.4.20 (tls-alpn-01): "This method is NOT suitable for validating
+                # Wildcard Domain Names"; Let's Encrypt CPS §3.2.2: "Validation for
+                # Wildcard Domain Names must be completed using the DNS Change method."
+                self.problems.add(
+                    key_path,
+                    f"{_show(domain)}: a wildcard name can only be validated with the dns-01 "
+                    'challenge, which [acme] challenges does not list; add "dns-01" to '
+                    "challenges (with an [acme.dns] table), or list the names without a wildcard",
+                )
+            elif _is_ip(domain) and not {"http-01", "tls-alpn-01"} & set(challenges):
+                # RFC 8738 §7: "The existing "dns-01" challenge MUST NOT be used to
+                # validate IP identifiers."
+                self.problems.add(
+                    key_path,
+                    f"{_show(domain)}: an IP address cannot be validated with dns-01 "
+                    '(RFC 8738 §7), the only challenge in [acme] challenges; add "http-01" '
+                    'or "tls-alpn-01" to challenges',
+                )
 
     # [[listeners]]
 

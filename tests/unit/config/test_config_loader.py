@@ -24,14 +24,21 @@ from tlsgate.config.loader import (
     load_config,
     parse_config,
 )
-from tlsgate.config.model import BindAddress, Config, HealthCheckConfig, ServerConfig
+from tlsgate.config.model import (
+    AcmeConfig,
+    BindAddress,
+    CertificateConfig,
+    Config,
+    DnsUpdateConfig,
+    HealthCheckConfig,
+    ServerConfig,
+)
 from tlsgate.errors import ConfigError, ConfigProblem
 
 SOURCE = Path("/etc/tlsgate/tlsgate.toml")
 
-# DESIGN.md §3 without [admin], [acme] and [ca], with issuer = "files" and client_auth
-# left out (neither is available in this version), plus the "api" backend the route
-# refers to.
+# DESIGN.md §3 without [admin], [ca] and client_auth (not available in this version),
+# plus an issuer = "files" certificate and the "api" backend the route refers to.
 DESIGN_EXAMPLE = """
 [node]
 name = "lb-1"                     # default: host name
@@ -42,12 +49,24 @@ workers = 0                       # 0 = one per CPU core
 url = "sqlite:///var/lib/tlsgate/state.db"
 key_file = "/etc/tlsgate/store.key"
 
+[acme]
+directory = "https://acme-v02.api.letsencrypt.org/directory"
+email = "ops@example.com"
+ca_file = ""                      # extra trust for the ACME server itself (tests: Pebble's)
+challenges = ["http-01", "tls-alpn-01"]
+key_types = ["ecdsa-p256"]        # add "rsa-2048" for dual certificates
+
 [[certificates]]
 name = "www"
 domains = ["example.com", "www.example.com"]
+issuer = "acme"                   # acme | ca | files (cert_file, key_file)
+
+[[certificates]]
+name = "legacy"
+domains = ["legacy.example.com"]
 issuer = "files"
-cert_file = "certs/www.pem"
-key_file = "/etc/tlsgate/keys/www.key"
+cert_file = "certs/legacy.pem"
+key_file = "/etc/tlsgate/keys/legacy.key"
 
 [[listeners]]
 name = "https"
@@ -148,12 +167,20 @@ def test_design_example_loads() -> None:
     assert config.store.url == "sqlite:///var/lib/tlsgate/state.db"
     assert config.store.key_file == Path("/etc/tlsgate/store.key")
 
-    (www,) = config.certificates
-    assert www.name == "www"
-    assert www.domains == ("example.com", "www.example.com")
-    assert www.issuer == "files"
-    assert www.cert_file == Path("/etc/tlsgate/certs/www.pem")  # relative to the file
-    assert www.key_file == Path("/etc/tlsgate/keys/www.key")
+    assert config.acme == AcmeConfig(
+        directory="https://acme-v02.api.letsencrypt.org/directory",
+        email="ops@example.com",
+        ca_file=None,
+        challenges=("http-01", "tls-alpn-01"),
+        key_types=("ecdsa-p256",),
+    )
+    www, legacy = config.certificates
+    assert www == CertificateConfig(
+        name="www", domains=("example.com", "www.example.com"), issuer="acme"
+    )
+    assert legacy.issuer == "files"
+    assert legacy.cert_file == Path("/etc/tlsgate/certs/legacy.pem")  # relative to the file
+    assert legacy.key_file == Path("/etc/tlsgate/keys/legacy.key")
 
     https, http = config.listeners
     assert https.name == "https"
@@ -205,6 +232,7 @@ def test_defaults_of_a_minimal_file(tmp_path: Path) -> None:
     assert backend.health is None
     assert config.certificates == ()
     assert config.routes == ()
+    assert config.acme is None
 
 
 def test_relative_paths_resolve_against_the_config_directory(tmp_path: Path) -> None:
@@ -457,7 +485,7 @@ def test_load_config_reads_a_file(tmp_path: Path) -> None:
     path.write_text(DESIGN_EXAMPLE, encoding="utf-8")
     config = load_config(str(path))
     assert config.source == path
-    assert config.certificates[0].cert_file == tmp_path / "certs" / "www.pem"
+    assert config.certificate("legacy").cert_file == tmp_path / "certs" / "legacy.pem"
 
 
 def test_load_config_relative_path_source_is_absolute(
@@ -535,14 +563,12 @@ def test_unknown_key_in_inline_tables() -> None:
 
 
 def test_unknown_and_unsupported_sections() -> None:
-    text = (
-        '[acme]\nemail = "x@example.com"\n[admin]\nbind = "127.0.0.1:9090"\n[nodes]\nname = "a"\n'
-    )
+    text = '[ca]\nname = "Example CA"\n[admin]\nbind = "127.0.0.1:9090"\n[nodes]\nname = "a"\n'
     problems = problems_of(text + BACKEND + listener())
     by_path = {p.key_path: p.message for p in problems}
-    assert by_path["acme"].startswith("the [acme] section is not supported by this version")
+    assert by_path["ca"].startswith("the [ca] section is not supported by this version")
     assert by_path["admin"].endswith(
-        "valid sections: node, log, store, certificates, listeners, routes, backends"
+        "valid sections: node, log, store, acme, certificates, listeners, routes, backends"
     )
     assert "did you mean 'node'?" in by_path["nodes"]
     assert len(problems) == 3
@@ -1097,14 +1123,23 @@ def test_route_shadowed_by_an_earlier_route() -> None:
     )
 
 
-def test_issuer_acme_is_not_available() -> None:
-    text = CERTIFICATE.replace("cert_file", 'issuer = "acme"\ncert_file') + BACKEND + listener()
+def test_issuer_ca_is_not_available() -> None:
+    text = CERTIFICATE.replace("cert_file", 'issuer = "ca"\ncert_file') + BACKEND + listener()
     problem = only_problem(text)
     assert problem.key_path == "certificates[0].issuer"
     assert problem.message == (
-        "issuer 'acme' is not available in this version; use issuer = \"files\" "
-        "with cert_file and key_file"
+        "issuer 'ca' is not available in this version; use issuer = \"acme\" (with an [acme] "
+        'section) or issuer = "files" with cert_file and key_file'
     )
+
+
+def test_invalid_issuer_is_the_only_problem() -> None:
+    """An unknown issuer is reported alone: the keys each issuer needs are not judged
+    against a guess."""
+    text = '[[certificates]]\nname = "c"\ndomains = ["a.example"]\nissuer = "letsencrypt"\n'
+    problem = only_problem(text + BACKEND + listener())
+    assert problem.key_path == "certificates[0].issuer"
+    assert problem.message == "'letsencrypt' is not a valid issuer; expected one of: files, acme"
 
 
 @pytest.mark.parametrize(
@@ -1490,6 +1525,712 @@ def test_tls_verify_is_not_reported_twice_when_the_type_is_invalid() -> None:
     assert problem.key_path == "backends[0].health.type"
 
 
+# --- [acme] and issuer = "acme" --------------------------------------------------------------
+
+ACME = '[acme]\ndirectory = "https://acme.example/dir"\n'
+ACME_CERTIFICATE = """
+[[certificates]]
+name = "site"
+domains = ["example.com"]
+issuer = "acme"
+"""
+# Base64url of 32 bytes, as CAs hand out EAB MAC keys; TSIG secret as tsig-keygen writes it.
+EAB_KEY = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wE"
+TSIG_SECRET = "2vgzVKXy5vUkrFBUEMRtAZjfFfsRSXkCHXlVI1lXvQU="
+
+
+def acme_only_problem(acme_lines: str, rest: str = "") -> ConfigProblem:
+    """The only problem of an [acme] section made of ``acme_lines`` in a valid file."""
+    return only_problem("[acme]\n" + acme_lines + "\n" + rest + BACKEND + listener())
+
+
+def test_acme_section_maps_onto_the_model(tmp_path: Path) -> None:
+    text = f"""
+[acme]
+directory = "https://127.0.0.1:14000/dir"
+email = "ops+lb@Example.com"
+ca_file = "pebble/root.pem"
+challenges = ["dns-01", "http-01"]
+key_types = ["ecdsa-p256", "rsa-2048"]
+eab_kid = "kid-1"
+eab_hmac_key = "{EAB_KEY}"
+renew_check_interval = "10m"
+
+[acme.dns]
+server = "127.0.0.1:5353"
+zone = "Example.com"
+tsig_key_name = "tlsgate-key"
+tsig_secret = "{TSIG_SECRET}"
+tsig_algorithm = "hmac-sha512"
+propagation_delay = "2s"
+"""
+    config = parse_config(text + ACME_CERTIFICATE + BACKEND + listener(), tmp_path / "t.toml")
+    assert config.acme == AcmeConfig(
+        directory="https://127.0.0.1:14000/dir",
+        email="ops+lb@Example.com",
+        ca_file=tmp_path / "pebble" / "root.pem",
+        challenges=("dns-01", "http-01"),
+        key_types=("ecdsa-p256", "rsa-2048"),
+        eab_kid="kid-1",
+        eab_hmac_key=EAB_KEY,
+        dns=DnsUpdateConfig(
+            server="127.0.0.1:5353",
+            zone="example.com",
+            tsig_key_name="tlsgate-key",
+            tsig_secret=TSIG_SECRET,
+            tsig_algorithm="hmac-sha512",
+            propagation_delay=2.0,
+        ),
+        renew_check_interval=600.0,
+    )
+    assert config.certificate("site") == CertificateConfig(
+        name="site", domains=("example.com",), issuer="acme"
+    )
+
+
+def test_acme_defaults() -> None:
+    config = parse_config(ACME + BACKEND + listener(), SOURCE)
+    assert config.acme == AcmeConfig(directory="https://acme.example/dir")
+    assert config.acme.challenges == ("http-01", "tls-alpn-01")
+    assert config.acme.key_types == ("ecdsa-p256",)
+    assert config.acme.renew_check_interval == 3600.0
+    assert (config.acme.email, config.acme.ca_file, config.acme.dns) == ("", None, None)
+
+
+def test_acme_dns_as_an_inline_table_without_tsig() -> None:
+    text = ACME + 'challenges = ["dns-01"]\ndns = { server = "10.0.0.53", zone = "example.com" }\n'
+    config = parse_config(text + BACKEND + listener(), SOURCE)
+    assert config.acme is not None
+    assert config.acme.dns == DnsUpdateConfig(server="10.0.0.53:53", zone="example.com")
+
+
+@pytest.mark.parametrize(
+    ("server", "normalized"),
+    [
+        ("10.0.0.53", "10.0.0.53:53"),
+        ("10.0.0.53:5353", "10.0.0.53:5353"),
+        ("NS1.Example.com", "ns1.example.com:53"),
+        ("ns1.example.com:53", "ns1.example.com:53"),
+        ("2001:db8::53", "[2001:db8::53]:53"),
+        ("[2001:db8::53]", "[2001:db8::53]:53"),
+        ("[2001:db8::53]:5353", "[2001:db8::53]:5353"),
+    ],
+)
+def test_acme_dns_server_forms(server: str, normalized: str) -> None:
+    text = (
+        ACME + f'challenges = ["dns-01"]\ndns = {{ server = "{server}", zone = "example.com" }}\n'
+    )
+    config = parse_config(text + BACKEND + listener(), SOURCE)
+    assert config.acme is not None
+    assert config.acme.dns is not None
+    assert config.acme.dns.server == normalized
+
+
+def test_acme_eab_key_padding_is_dropped() -> None:
+    padded = "c2VjcmV0c2VjcmV0c2VjcmV0"[:-2] + "=="  # base64url with '=' padding
+    config = parse_config(
+        ACME + f'eab_kid = "k"\neab_hmac_key = "{padded}"\n' + BACKEND + listener(), SOURCE
+    )
+    assert config.acme is not None
+    assert config.acme.eab_hmac_key == padded.rstrip("=")
+
+
+def test_https_listener_serving_only_acme_certificates_is_valid() -> None:
+    """The certificates appear once issued; tls-alpn-01 is answered on the listener."""
+    text = (
+        ACME
+        + 'challenges = ["tls-alpn-01"]\n'
+        + ACME_CERTIFICATE
+        + BACKEND
+        + listener("https", bind='"127.0.0.1:8443"', certificates='["site"]')
+    )
+    config = parse_config(text, SOURCE)
+    assert config.listeners[0].certificates == ("site",)
+    assert config.certificate("site").cert_file is None
+
+
+@pytest.mark.parametrize(
+    ("challenges", "listeners"),
+    [
+        ('["http-01"]', listener("http", bind='"127.0.0.1:5002"')),
+        ('["tls-alpn-01"]', listener("https", bind='"127.0.0.1:5001"')),
+        ('["http-01", "tls-alpn-01"]', listener("https", bind='"127.0.0.1:5001"')),
+        ('["http-01", "tls-alpn-01"]', listener("http", bind='"127.0.0.1:5002"')),
+    ],
+)
+def test_challenges_answered_by_listeners_on_any_port(challenges: str, listeners: str) -> None:
+    """http-01 is validated on port 80 in production, but tests (Pebble's httpPort and
+    tlsPort) and port forwarding use other ports: only the protocol is checked."""
+    text = ACME + f"challenges = {challenges}\n" + ACME_CERTIFICATE + BACKEND + listeners
+    assert parse_config(text, SOURCE).acme is not None
+
+
+def test_dns01_needs_no_listener() -> None:
+    text = (
+        ACME
+        + 'challenges = ["dns-01"]\ndns = { server = "10.0.0.53", zone = "example.com" }\n'
+        + ACME_CERTIFICATE.replace('["example.com"]', '["example.com", "*.example.com"]')
+    )
+    config = parse_config(text, SOURCE)
+    assert config.listeners == ()
+    assert config.certificate("site").domains == ("example.com", "*.example.com")
+
+
+def test_acme_section_without_acme_certificates_needs_no_listener() -> None:
+    """Nothing is ordered, so nothing has to answer a challenge."""
+    config = parse_config(ACME + 'challenges = ["http-01"]\n', SOURCE)
+    assert config.acme is not None
+    assert config.listeners == ()
+
+
+def test_ip_address_certificate_with_http01() -> None:
+    """RFC 8738: IP identifiers are validated with http-01 or tls-alpn-01."""
+    text = ACME + ACME_CERTIFICATE.replace('"example.com"', '"192.0.2.10"') + BACKEND + listener()
+    assert parse_config(text, SOURCE).certificate("site").domains == ("192.0.2.10",)
+
+
+@pytest.mark.parametrize(
+    ("lines", "path", "message"),
+    [
+        (
+            'email = "ops@example.com"',
+            "acme.directory",
+            "directory is required: the ACME server's directory URL, e.g. directory = "
+            '"https://acme-v02.api.letsencrypt.org/directory"',
+        ),
+        (
+            'directory = "http://127.0.0.1:14000/dir"',
+            "acme.directory",
+            "'http://127.0.0.1:14000/dir': ACME requires HTTPS (RFC 8555 §6.1: \"Use of HTTPS "
+            "is REQUIRED\"); write 'https://127.0.0.1:14000/dir'",
+        ),
+        (
+            'directory = "acme-v02.api.letsencrypt.org/directory"',
+            "acme.directory",
+            "'acme-v02.api.letsencrypt.org/directory' is not a URL; expected the ACME server's "
+            "directory URL, e.g. 'https://acme-v02.api.letsencrypt.org/directory'",
+        ),
+        (
+            'directory = "ftp://acme.example/dir"',
+            "acme.directory",
+            "'ftp://acme.example/dir': the scheme must be https; expected the ACME server's "
+            "directory URL, e.g. 'https://acme-v02.api.letsencrypt.org/directory'",
+        ),
+        (
+            "directory = 5",
+            "acme.directory",
+            'expected a string, got integer 5; put it in quotes: directory = "5"',
+        ),
+    ],
+)
+def test_acme_directory_problems(lines: str, path: str, message: str) -> None:
+    problem = acme_only_problem(lines)
+    assert problem.key_path == path
+    assert problem.message == message
+
+
+@pytest.mark.parametrize(
+    ("directory", "fragment"),
+    [
+        ("https://user:pw@acme.example/dir", "must not carry a user name or password"),
+        ("https:///dir", "has no host"),
+        ("https://acme.example:0/dir", "has port 0; expected 1 to 65535"),
+        ("https://acme.example:99999/dir", "has an invalid host or port"),
+        ("https://[::1/dir", "has an invalid host or port"),
+        ("https://acme_ca.example/dir", "is not a valid host name"),
+        ("https://acme.example/dir#x", "must not have a fragment"),
+        ("https://acme.example/a dir", "contains spaces or control characters"),
+    ],
+)
+def test_acme_directory_url_shape(directory: str, fragment: str) -> None:
+    problem = acme_only_problem(f'directory = "{directory}"')
+    assert problem.key_path == "acme.directory"
+    assert fragment in problem.message
+
+
+@pytest.mark.parametrize(
+    ("email", "fragment"),
+    [
+        ("ops", "'ops' is not an email address; expected an address such as 'ops@example.com'"),
+        ("@example.com", "is not an email address"),
+        (
+            "mailto:ops@example.com",
+            "write the address without 'mailto:' ('ops@example.com'); tlsgate sends it to the "
+            "CA as a mailto: contact",
+        ),
+        ("o ps@example.com", "the part before '@' may hold letters, digits, single dots"),
+        ("ops..x@example.com", "the part before '@' may hold"),
+        ("ops?cc=x@example.com", "the part before '@' may hold"),
+        ("ops@-example.com", "has an invalid domain: '-example.com' is not a valid host name"),
+        (
+            "ops@localhost",
+            "the domain 'localhost' has no dot, and CAs refuse addresses that are not in a "
+            "public domain",
+        ),
+    ],
+)
+def test_acme_email_problems(email: str, fragment: str) -> None:
+    problem = acme_only_problem(f'directory = "https://acme.example/dir"\nemail = "{email}"')
+    assert problem.key_path == "acme.email"
+    assert fragment in problem.message
+
+
+@pytest.mark.parametrize(
+    ("lines", "path", "message"),
+    [
+        (
+            "challenges = []",
+            "acme.challenges",
+            "must list at least one challenge type; expected some of: http-01, tls-alpn-01, dns-01",
+        ),
+        (
+            'challenges = "http-01"',
+            "acme.challenges",
+            "expected an array of strings, some of: http-01, tls-alpn-01, dns-01; got string "
+            "'http-01'; write challenges = [\"http-01\"]",
+        ),
+        (
+            'challenges = ["http01"]',
+            "acme.challenges[0]",
+            "'http01' is not a valid challenge type; did you mean 'http-01'? expected one of: "
+            "http-01, tls-alpn-01, dns-01",
+        ),
+        (
+            'challenges = ["http-01", "http-01"]',
+            "acme.challenges[1]",
+            "'http-01' is listed twice",
+        ),
+        (
+            "challenges = [1]",
+            "acme.challenges[0]",
+            "expected a string, one of: http-01, tls-alpn-01, dns-01; got integer 1",
+        ),
+        (
+            'key_types = ["ecdsa256"]',
+            "acme.key_types[0]",
+            "'ecdsa256' is not a valid key type; did you mean 'ecdsa-p256'? expected one of: "
+            "ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072, rsa-4096",
+        ),
+        (
+            'key_types = ["ecdsa-p256", "rsa-2048", "ecdsa-p256"]',
+            "acme.key_types[2]",
+            "'ecdsa-p256' is listed twice",
+        ),
+        (
+            "key_types = []",
+            "acme.key_types",
+            "must list at least one key type; expected some of: ecdsa-p256, ecdsa-p384, "
+            "rsa-2048, rsa-3072, rsa-4096",
+        ),
+        (
+            'renew_check_interval = "500ms"',
+            "acme.renew_check_interval",
+            "'500ms' is shorter than 1s; expected a duration of at least '1s', e.g. '1h'",
+        ),
+        (
+            "renew_check_interval = 60",
+            "acme.renew_check_interval",
+            "expected a duration string like '2s', '500ms', '5m', '30d', got integer 60; "
+            'for 60 seconds write renew_check_interval = "60s"',
+        ),
+        (
+            'ca_file = "~/pebble.pem"',
+            "acme.ca_file",
+            "'~/pebble.pem': '~' is not expanded; write an absolute path or one relative to "
+            "the config file's directory",
+        ),
+        (
+            'contact = "ops@example.com"',
+            "acme.contact",
+            "unknown key 'contact'; valid keys: ca_file, challenges, directory, dns, eab_hmac_key, "
+            "eab_kid, email, key_types, renew_check_interval",
+        ),
+    ],
+)
+def test_acme_key_problems(lines: str, path: str, message: str) -> None:
+    problem = acme_only_problem(f'directory = "https://acme.example/dir"\n{lines}')
+    assert problem.key_path == path
+    assert problem.message == message
+
+
+EAB_WHY = (
+    "external account binding (RFC 8555 §7.3.4) needs both the key identifier and the MAC "
+    "key that the CA gave you"
+)
+
+
+@pytest.mark.parametrize(
+    ("lines", "path", "message"),
+    [
+        (
+            'eab_kid = "kid-1"',
+            "acme.eab_hmac_key",
+            f"eab_hmac_key is required with eab_kid: {EAB_WHY}",
+        ),
+        (
+            f'eab_hmac_key = "{EAB_KEY}"',
+            "acme.eab_kid",
+            f"eab_kid is required with eab_hmac_key: {EAB_WHY}",
+        ),
+        (
+            'eab_kid = "kid-1"\neab_hmac_key = ""\n',
+            "acme.eab_hmac_key",
+            f"eab_hmac_key is required with eab_kid: {EAB_WHY}",
+        ),
+        (
+            'eab_kid = "kid-1"\neab_hmac_key = "c2VjcmV0+c2VjcmV0/c2VjcmV0"',
+            "acme.eab_hmac_key",
+            "the key contains '+' or '/', so it is standard base64; an EAB MAC key is "
+            "base64url (RFC 4648 §5, with '-' and '_' instead): copy it exactly as the CA "
+            "shows it",
+        ),
+        (
+            'eab_kid = "kid-1"\neab_hmac_key = "c2VjcmV0.c2VjcmV0"',
+            "acme.eab_hmac_key",
+            "the key is not base64url (RFC 4648 §5): letters, digits, '-' and '_', "
+            "optionally '=' padding at the end",
+        ),
+        (
+            'eab_kid = "kid-1"\neab_hmac_key = "c2VjcmV0c2VjcmV0"',
+            "acme.eab_hmac_key",
+            "the key decodes to 12 bytes; an EAB MAC key is at least 16 bytes, so copy the "
+            "whole key the CA gave you",
+        ),
+        (
+            f'eab_kid = "kid 1"\neab_hmac_key = "{EAB_KEY}"',
+            "acme.eab_kid",
+            "'kid 1': the key identifier must be ASCII without spaces or control characters "
+            "(RFC 8555 §7.3.4), as the CA gave it",
+        ),
+        (
+            'eab_kid = "kid-1"\neab_hmac_key = 1234567890',
+            "acme.eab_hmac_key",
+            "expected a string, got integer (not shown: it is a secret)",
+        ),
+    ],
+)
+def test_acme_external_account_binding_problems(lines: str, path: str, message: str) -> None:
+    problem = acme_only_problem(f'directory = "https://acme.example/dir"\n{lines}')
+    assert problem.key_path == path
+    assert problem.message == message
+    assert "1234567890" not in problem.message
+
+
+DNS_EXAMPLE = (
+    'e.g. dns = { server = "10.0.0.53:53", zone = "example.com", tsig_key_name = "tlsgate", '
+    'tsig_secret = "<base64>" }'
+)
+TSIG_WHY = "a TSIG key (RFC 8945) is a name and a secret, as in the server's key file"
+
+
+@pytest.mark.parametrize(
+    ("lines", "path", "message"),
+    [
+        (
+            'challenges = ["dns-01"]',
+            "acme.dns",
+            "dns is required with the dns-01 challenge: the DNS server that takes RFC 2136 "
+            f"updates for the _acme-challenge records, {DNS_EXAMPLE}",
+        ),
+        (
+            'dns = { server = "10.0.0.53", zone = "example.com" }',
+            "acme.dns",
+            'dns is only used by the dns-01 challenge; add "dns-01" to challenges, or remove dns',
+        ),
+        (
+            'challenges = ["dns-01"]\ndns = "10.0.0.53"',
+            "acme.dns",
+            f"expected a table, got string '10.0.0.53'; {DNS_EXAMPLE}",
+        ),
+        (
+            'challenges = ["dns-01"]\ndns = { zone = "example.com" }',
+            "acme.dns.server",
+            "server is required: the 'host:port' of the DNS server that takes the updates "
+            "(port 53 if left out)",
+        ),
+        (
+            'challenges = ["dns-01"]\ndns = { server = "10.0.0.53:0", zone = "example.com" }',
+            "acme.dns.server",
+            "'10.0.0.53:0' has port 0; expected 1 to 65535",
+        ),
+        (
+            'challenges = ["dns-01"]\ndns = { server = "ns_1.example:53", zone = "example.com" }',
+            "acme.dns.server",
+            "'ns_1.example' is not a valid host name: each label must be 1 to 63 letters, "
+            "digits and '-', not starting or ending with '-' (bad label 'ns_1'); expected "
+            "'HOST:PORT' or 'HOST' (port 53), e.g. '10.0.0.53:53', 'ns1.example.com' or "
+            "'[2001:db8::53]:53'",
+        ),
+        (
+            'challenges = ["dns-01"]\ndns = { server = "10.0.0.53" }',
+            "acme.dns.zone",
+            'zone is required: the zone that is updated, e.g. zone = "example.com"',
+        ),
+        (
+            'challenges = ["dns-01"]\ndns = { server = "10.0.0.53", zone = "example.com." }',
+            "acme.dns.zone",
+            "'example.com.' ends with a dot; write 'example.com'",
+        ),
+        (
+            'challenges = ["dns-01"]\n'
+            'dns = { server = "10.0.0.53", zone = "example.com", tsig_key_name = "k" }',
+            "acme.dns.tsig_secret",
+            f"tsig_secret is required with tsig_key_name: {TSIG_WHY}",
+        ),
+        (
+            'challenges = ["dns-01"]\ndns = { server = "10.0.0.53", zone = "example.com", '
+            f'tsig_secret = "{TSIG_SECRET}" }}',
+            "acme.dns.tsig_key_name",
+            f"tsig_key_name is required with tsig_secret: {TSIG_WHY}",
+        ),
+        (
+            'challenges = ["dns-01"]\ndns = { server = "10.0.0.53", zone = "example.com", '
+            'tsig_key_name = "k", tsig_secret = "not base64!" }',
+            "acme.dns.tsig_secret",
+            "the secret is not base64 (RFC 4648 §4); copy the secret line of the BIND key file "
+            "(tsig-keygen) or knot key (keymgr -t) as it is",
+        ),
+        (
+            'challenges = ["dns-01"]\ndns = { server = "10.0.0.53", zone = "example.com", '
+            f'tsig_key_name = "k", tsig_secret = "{TSIG_SECRET}", tsig_algorithm = "sha256" }}',
+            "acme.dns.tsig_algorithm",
+            "'sha256' is not a valid TSIG algorithm; expected one of: hmac-sha256, "
+            "hmac-sha512, hmac-sha384, hmac-sha224, hmac-sha1, hmac-md5",
+        ),
+        (
+            'challenges = ["dns-01"]\ndns = { server = "10.0.0.53", zone = "example.com", '
+            'tsig_algorithm = "hmac-sha512" }',
+            "acme.dns.tsig_algorithm",
+            "tsig_algorithm is only used with tsig_key_name and tsig_secret; add the key or "
+            "remove tsig_algorithm",
+        ),
+        (
+            'challenges = ["dns-01"]\ndns = { server = "10.0.0.53", zone = "example.com", '
+            "propagation_delay = 5 }",
+            "acme.dns.propagation_delay",
+            "expected a duration string like '2s', '500ms', '5m', '30d', got integer 5; "
+            'for 5 seconds write propagation_delay = "5s"',
+        ),
+        (
+            'challenges = ["dns-01"]\n'
+            'dns = { server = "10.0.0.53", zone = "example.com", port = 53 }',
+            "acme.dns.port",
+            "unknown key 'port'; valid keys: propagation_delay, server, tsig_algorithm, "
+            "tsig_key_name, tsig_secret, zone",
+        ),
+    ],
+)
+def test_acme_dns_problems(lines: str, path: str, message: str) -> None:
+    problem = acme_only_problem(f'directory = "https://acme.example/dir"\n{lines}')
+    assert problem.key_path == path
+    assert problem.message == message
+
+
+def test_acme_dns_as_its_own_table_reports_its_key_paths() -> None:
+    text = (
+        ACME + 'challenges = ["dns-01"]\n[acme.dns]\nserver = "10.0.0.53"\nzone = "ex ample.com"\n'
+    )
+    problem = only_problem(text + BACKEND + listener())
+    assert problem.key_path == "acme.dns.zone"
+    assert "is not a valid host name" in problem.message
+
+
+def test_secrets_are_never_shown_in_messages() -> None:
+    secret = "hunter2-very-secret"
+    text = (
+        ACME
+        + f'challenges = ["dns-01"]\neab_kid = "k"\neab_hmac_key = "{secret}!"\n'
+        + f'dns = {{ server = "10.0.0.53", zone = "example.com", tsig_key_name = "k", '
+        f'tsig_secret = "{secret}" }}\n'
+    )
+    problems = problems_of(text + BACKEND + listener())
+    assert {p.key_path for p in problems} == {"acme.eab_hmac_key", "acme.dns.tsig_secret"}
+    assert all(secret not in p.message for p in problems)
+
+
+def test_acme_section_must_be_a_table() -> None:
+    problem = only_problem(
+        '[[acme]]\ndirectory = "https://acme.example/dir"\n' + BACKEND + listener()
+    )
+    assert problem.key_path == "acme"
+    assert problem.message == "expected a table, got an array; write [acme] (single brackets)"
+
+
+def test_acme_key_at_top_level_points_at_the_section() -> None:
+    problem = only_problem('directory = "https://acme.example/dir"\n' + BACKEND + listener())
+    assert problem.key_path == "directory"
+    assert "'directory' belongs inside a section such as [acme]" in problem.message
+
+
+def test_acme_certificate_must_not_name_files() -> None:
+    text = ACME + ACME_CERTIFICATE + 'cert_file = "site.pem"\nkey_file = "site.key"\n'
+    by_path = {p.key_path: p.message for p in problems_of(text + BACKEND + listener())}
+    assert by_path == {
+        f"certificates[0].{key}": (
+            f'{key} is not used with issuer = "acme": tlsgate obtains the certificate and its '
+            f"key from the ACME server and keeps them in the store; remove {key} "
+            '(or use issuer = "files")'
+        )
+        for key in ("cert_file", "key_file")
+    }
+
+
+def test_acme_certificate_needs_the_acme_section() -> None:
+    problem = only_problem(ACME_CERTIFICATE + BACKEND + listener())
+    assert problem.key_path == "certificates[0].issuer"
+    assert problem.message == (
+        'issuer = "acme" needs an [acme] section with the ACME server\'s directory URL; add '
+        'one, e.g. [acme] directory = "https://acme-v02.api.letsencrypt.org/directory"'
+    )
+
+
+def test_acme_certificate_domains_are_required() -> None:
+    text = ACME + ACME_CERTIFICATE.replace('domains = ["example.com"]\n', "")
+    problem = only_problem(text + BACKEND + listener())
+    assert problem.key_path == "certificates[0].domains"
+    assert problem.message.startswith("domains is required")
+
+
+def test_wildcard_needs_dns01() -> None:
+    text = ACME + ACME_CERTIFICATE.replace('["example.com"]', '["example.com", "*.example.com"]')
+    problem = only_problem(text + BACKEND + listener())
+    assert problem.key_path == "certificates[0].domains[1]"
+    assert problem.message == (
+        "'*.example.com': a wildcard name can only be validated with the dns-01 challenge, "
+        'which [acme] challenges does not list; add "dns-01" to challenges (with an '
+        "[acme.dns] table), or list the names without a wildcard"
+    )
+
+
+def test_wildcard_with_dns01_among_other_challenges() -> None:
+    text = (
+        ACME
+        + 'challenges = ["http-01", "dns-01"]\n'
+        + 'dns = { server = "10.0.0.53", zone = "example.com" }\n'
+        + ACME_CERTIFICATE.replace('["example.com"]', '["*.example.com"]')
+    )
+    config = parse_config(text + BACKEND + listener(), SOURCE)
+    assert config.certificate("site").domains == ("*.example.com",)
+
+
+def test_ip_address_cannot_use_dns01() -> None:
+    text = (
+        ACME
+        + 'challenges = ["dns-01"]\ndns = { server = "10.0.0.53", zone = "example.com" }\n'
+        + ACME_CERTIFICATE.replace('["example.com"]', '["example.com", "192.0.2.10"]')
+    )
+    problem = only_problem(text + BACKEND + listener())
+    assert problem.key_path == "certificates[0].domains[1]"
+    assert problem.message == (
+        "'192.0.2.10': an IP address cannot be validated with dns-01 (RFC 8738 §7), the only "
+        'challenge in [acme] challenges; add "http-01" or "tls-alpn-01" to challenges'
+    )
+
+
+def test_invalid_challenges_are_reported_once() -> None:
+    """With a broken challenge list, wildcards and listeners are not judged against it."""
+    text = (
+        ACME
+        + 'challenges = ["dns01"]\n'
+        + ACME_CERTIFICATE.replace('["example.com"]', '["*.example.com"]')
+    )
+    problem = only_problem(text + BACKEND + listener("tcp", bind='"127.0.0.1:9000"'))
+    assert problem.key_path == "acme.challenges[0]"
+    assert "did you mean 'dns-01'?" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("challenges", "message"),
+    [
+        (
+            '["http-01"]',
+            "http-01 is answered by http listeners, and there is none; add one or enable "
+            'tls-alpn-01 (challenges = ["http-01", "tls-alpn-01"])',
+        ),
+        (
+            '["tls-alpn-01"]',
+            "tls-alpn-01 is answered by https listeners, and there is none; add one or enable "
+            'http-01 (challenges = ["http-01", "tls-alpn-01"])',
+        ),
+        (
+            '["http-01", "tls-alpn-01"]',
+            "http-01 is answered by http listeners and tls-alpn-01 by https listeners, and "
+            "there are neither; add one, or enable dns-01",
+        ),
+    ],
+)
+def test_challenges_nothing_can_answer(challenges: str, message: str) -> None:
+    text = (
+        ACME
+        + f"challenges = {challenges}\n"
+        + ACME_CERTIFICATE
+        + BACKEND
+        + listener("tcp", bind='"127.0.0.1:9000"')
+    )
+    problem = only_problem(text)
+    assert problem.key_path == "acme.challenges"
+    assert problem.message == message
+
+
+def test_http01_only_with_only_an_https_listener() -> None:
+    text = (
+        ACME
+        + 'challenges = ["http-01"]\n'
+        + ACME_CERTIFICATE
+        + BACKEND
+        + listener("https", bind='"127.0.0.1:8443"')
+    )
+    problem = only_problem(text)
+    assert problem.key_path == "acme.challenges"
+    assert problem.message.startswith("http-01 is answered by http listeners, and there is none")
+
+
+def test_challenge_listeners_not_judged_when_a_protocol_is_invalid() -> None:
+    text = ACME + 'challenges = ["http-01"]\n' + ACME_CERTIFICATE + BACKEND + listener("htp")
+    problem = only_problem(text)
+    assert problem.key_path == "listeners[0].protocol"
+
+
+def _documented_example(heading: str) -> str:
+    docs = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
+    section = docs.read_text(encoding="utf-8").split(heading, 1)[1]
+    return section.split("```toml\n", 1)[1].split("```", 1)[0]
+
+
+def test_documented_lets_encrypt_example_is_valid() -> None:
+    config = parse_config(
+        _documented_example("### Example: Let's Encrypt"), Path("/etc/tlsgate/tlsgate.toml")
+    )
+    assert config.acme is not None
+    assert config.acme.directory == "https://acme-v02.api.letsencrypt.org/directory"
+    assert config.acme.key_types == ("ecdsa-p256", "rsa-2048")
+    assert [c.issuer for c in config.certificates] == ["acme"]
+    assert {lst.protocol for lst in config.listeners} == {"http", "https"}
+
+
+def test_documented_pebble_example_is_valid(tmp_path: Path) -> None:
+    config = parse_config(
+        _documented_example("### Example: testing with Pebble"), tmp_path / "t.toml"
+    )
+    assert config.acme is not None
+    assert config.acme.directory == "https://127.0.0.1:14000/dir"
+    assert config.acme.ca_file == tmp_path / "pebble" / "ca.pem"
+    assert config.acme.renew_check_interval == 10.0
+    assert [lst.bind[0].port for lst in config.listeners] == [5001, 5002]
+
+
+def test_documented_dns01_example_is_valid() -> None:
+    config = parse_config(
+        _documented_example("### Example: a wildcard certificate over DNS-01"), SOURCE
+    )
+    assert config.acme is not None
+    assert config.acme.dns is not None
+    assert config.acme.challenges == ("dns-01", "http-01")
+    assert config.acme.dns.server == "10.0.0.53:53"
+    assert config.acme.dns.tsig_algorithm == "hmac-sha256"
+    assert config.certificate("wildcard").domains == ("example.com", "*.example.com")
+
+
 # --- fuzzing ---------------------------------------------------------------------------------
 
 
@@ -1544,7 +2285,9 @@ KNOWN_KEYS = sorted(
         "pool_idle_timeout", "fail_timeout", "retries", "max_idle_per_server", "max_fails",
         "address", "weight", "path", "host", "type", "expect_status", "interval", "timeout",
         "rise", "fall", "fallback_backend", "max_client_hello_size", "connect_idle_timeout",
-        "tls_verify", "proxy_protocol_crc32c",
+        "tls_verify", "proxy_protocol_crc32c", "directory", "email", "challenges",
+        "key_types", "eab_kid", "eab_hmac_key", "renew_check_interval", "dns", "server",
+        "zone", "tsig_key_name", "tsig_secret", "tsig_algorithm", "propagation_delay",
     }
 )  # fmt: skip
 INTERESTING_STRINGS = [
@@ -1554,7 +2297,11 @@ INTERESTING_STRINGS = [
     "127.0.0.1:80", "10.0.0.1:8080", "10.0.0.0/8", "10.0.0.1/8", "example.com",
     "*.example.com", "a.*.b", "max-age=1", "200-399", "sqlite://x.db", "etcd://h:1/p",
     "~/x", "x\x00y", "bücher.de", "[", "[::1", "::1:80", "a" * 300, "tls", "insecure",
-    "512B", "1MiB", "2MiB", "16KiB",
+    "512B", "1MiB", "2MiB", "16KiB", "ca", "http-01", "tls-alpn-01", "dns-01",
+    "ecdsa-p256", "rsa-2048", "https://acme.example/dir", "http://acme.example/dir",
+    "https://127.0.0.1:14000/dir", "ops@example.com", "mailto:a@b.c", "10.0.0.53",
+    "ns1.example.com:5353", "hmac-sha256", "hmac-md5", "c2VjcmV0", "c2VjcmV0c2VjcmV0c2VjcmV0",
+    "c2VjcmV0c2VjcmV0c2VjcmV0", "a+b/", "1s", "500ms",
 ]  # fmt: skip
 
 keys = st.sampled_from(KNOWN_KEYS) | st.text(max_size=8)
@@ -1578,6 +2325,14 @@ shallow_values: st.SearchStrategy[TomlValue] = (
     | st.dictionaries(keys, scalars, max_size=4)
 )
 entries = st.dictionaries(st.sampled_from(KNOWN_KEYS), shallow_values, max_size=8)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_outcome(text: str) -> None:
@@ -1617,6 +2372,50 @@ def _assert_consistent(config: Config) -> None:
         assert route.backend in backends
         assert route.listener in listeners
         assert route.path_prefix.startswith("/")
+    acme = config.acme
+    for cert in config.certificates:
+        if cert.issuer == "acme":
+            assert acme is not None
+            assert cert.cert_file is None
+            assert cert.key_file is None
+            for domain in cert.domains:
+                if domain.startswith("*."):
+                    assert "dns-01" in acme.challenges
+                if _is_ip(domain):
+                    assert set(acme.challenges) & {"http-01", "tls-alpn-01"}
+        else:
+            assert cert.issuer == "files"
+            assert cert.cert_file is not None
+            assert cert.key_file is not None
+    if acme is not None:
+        assert acme.directory.startswith("https://")
+        for values in (acme.challenges, acme.key_types):
+            assert values
+            assert len(values) == len(set(values))
+        assert set(acme.challenges) <= {"http-01", "tls-alpn-01", "dns-01"}
+        assert set(acme.key_types) <= {
+            "ecdsa-p256",
+            "ecdsa-p384",
+            "rsa-2048",
+            "rsa-3072",
+            "rsa-4096",
+        }
+        assert (acme.eab_kid == "") == (acme.eab_hmac_key == "")
+        assert "=" not in acme.eab_hmac_key
+        assert acme.renew_check_interval >= 1.0
+        assert (acme.dns is not None) == ("dns-01" in acme.challenges)
+        if acme.dns is not None:
+            assert acme.dns.server.rpartition(":")[2].isdigit()
+            assert acme.dns.zone
+            assert (acme.dns.tsig_key_name == "") == (acme.dns.tsig_secret == "")
+            assert acme.dns.propagation_delay >= 0
+        if any(c.issuer == "acme" for c in config.certificates) and "dns-01" not in (
+            acme.challenges
+        ):
+            protocols = {lst.protocol for lst in config.listeners}
+            assert any(
+                {"http-01": "http", "tls-alpn-01": "https"}[c] in protocols for c in acme.challenges
+            )
     for backend in config.backends:
         assert all(1 <= s.weight <= 256 for s in backend.servers)
         if backend.proxy_protocol_crc32c:
@@ -1641,6 +2440,8 @@ def test_fuzz_arbitrary_text(text: str) -> None:
     st.lists(
         st.sampled_from(
             ["[node]", "[[listeners]]", "[[backends]]", "[[routes]]", "[log]", "[store]",
+             "[acme]", "[acme.dns]", "[[certificates]]", 'issuer = "acme"',
+             'directory = "https://a.example/d"', 'challenges = ["dns-01"]',
              "name = ", "bind = ", '"', "'", "[", "]", "{", "}", ",", "=", "\n", " ",
              "1", "true", '"x"', "1979-05-27", "07:32:00", "1e3", "0x1F", "#"]
         ),
@@ -1665,6 +2466,7 @@ def test_fuzz_arbitrary_documents(data: dict[str, TomlValue]) -> None:
             "node": entries,
             "log": entries,
             "store": entries,
+            "acme": entries,
             "listeners": st.lists(entries, max_size=3),
             "routes": st.lists(entries, max_size=3),
             "backends": st.lists(entries, max_size=3),
@@ -1674,6 +2476,108 @@ def test_fuzz_arbitrary_documents(data: dict[str, TomlValue]) -> None:
 )
 def test_fuzz_documents_with_valid_sections(sections: dict[str, TomlValue]) -> None:
     _check_outcome(_toml_document(sections))
+
+
+def _mostly(valid: list[TomlValue], invalid: list[TomlValue]) -> st.SearchStrategy[TomlValue]:
+    """Mostly one of ``valid``, now and then one of ``invalid``."""
+    return st.sampled_from([*valid * 7, *invalid])
+
+
+def _rarely(draw: st.DrawFn) -> bool:
+    return draw(st.integers(0, 7)) == 0
+
+
+@st.composite
+def acme_documents(draw: st.DrawFn) -> dict[str, TomlValue]:
+    """A file with [acme], certificates and listeners that is mostly coherent (dns
+    exactly when dns-01 is enabled, no files for acme certificates), with a few values
+    and rules broken now and then."""
+    challenges: list[TomlValue] = list(
+        draw(
+            st.lists(
+                st.sampled_from(["http-01", "tls-alpn-01", "dns-01"]),
+                min_size=1,
+                max_size=3,
+                unique=True,
+            )
+        )
+    )
+    acme: dict[str, TomlValue] = {
+        "directory": draw(_mostly(["https://acme.example/dir"], ["http://acme.example/dir", ""]))
+    }
+    optional: dict[str, st.SearchStrategy[TomlValue]] = {
+        "email": _mostly(["ops@example.com"], ["ops", "mailto:a@b.c", ""]),
+        "ca_file": _mostly(["ca.pem", ""], ["~/x"]),
+        "key_types": _mostly([["ecdsa-p256"], ["ecdsa-p384", "rsa-2048"]], [[], ["rsa-1"]]),
+        "renew_check_interval": _mostly(["1s", "1h"], ["500ms", "0", 5]),
+    }
+    for key, values in optional.items():
+        if draw(st.booleans()):
+            acme[key] = draw(values)
+    if draw(st.booleans()) or "dns-01" in challenges:
+        acme["challenges"] = (
+            draw(_mostly([challenges], [[], ["http01"], ["dns-01", "dns-01"]]))
+            if _rarely(draw)
+            else challenges
+        )
+    else:
+        challenges = ["http-01", "tls-alpn-01"]
+    if draw(st.booleans()):
+        acme["eab_kid"] = draw(_mostly(["kid"], ["", "k i d"]))
+        if not _rarely(draw):
+            acme["eab_hmac_key"] = draw(_mostly([EAB_KEY, EAB_KEY + "="], ["", "a+b/", "c2VjcmV0"]))
+    if ("dns-01" in challenges) != _rarely(draw):
+        dns: dict[str, TomlValue] = {
+            "server": draw(_mostly(["10.0.0.53", "ns1.example.com:5353", "[::1]"], [":53"])),
+            "zone": draw(_mostly(["example.com"], ["", "example.com."])),
+            "propagation_delay": draw(_mostly(["0", "2s"], ["x"])),
+        }
+        if draw(st.booleans()):
+            dns["tsig_key_name"] = "k"
+            if not _rarely(draw):
+                dns["tsig_secret"] = draw(_mostly([TSIG_SECRET], ["", "!"]))
+            dns["tsig_algorithm"] = draw(_mostly(["hmac-sha256", "hmac-md5"], ["md5"]))
+        acme["dns"] = dns
+    certificates: list[TomlValue] = []
+    for name in draw(st.lists(st.sampled_from(["a", "b"]), max_size=2, unique=True)):
+        certificate: dict[str, TomlValue] = {
+            "name": name,
+            "domains": draw(
+                st.lists(
+                    _mostly(["example.com", "www.example.com"], ["*.example.com", "192.0.2.1"]),
+                    min_size=1,
+                    max_size=2,
+                    unique=True,
+                )
+            ),
+            "issuer": draw(_mostly(["acme"], ["files", "ca"])),
+        }
+        if _rarely(draw):
+            certificate.update(cert_file="c.pem", key_file="c.key")
+        certificates.append(certificate)
+    listeners: list[TomlValue] = [
+        {"name": protocol, "bind": f"127.0.0.{i + 1}:80", "protocol": protocol, "backend": "app"}
+        for i, protocol in enumerate(
+            draw(st.lists(st.sampled_from(["http", "https", "tcp"]), max_size=2, unique=True))
+        )
+    ]
+    data: dict[str, TomlValue] = {
+        "backends": [{"name": "app", "servers": ["10.0.0.1:80"]}],
+        "certificates": certificates,
+        "listeners": listeners,
+    }
+    if not _rarely(draw):
+        data["acme"] = acme
+    return data
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(acme_documents())
+def test_fuzz_acme_sections(data: dict[str, TomlValue]) -> None:
+    """[acme], acme certificates and listeners in mostly coherent combinations: every
+    accepted file keeps the loader's promises (no wildcard without dns-01, a challenge
+    that something answers, ...), every other one is reported."""
+    _check_outcome(_toml_document(data))
 
 
 def _design_example_data() -> dict[str, TomlValue]:
