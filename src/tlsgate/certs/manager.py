@@ -32,7 +32,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -48,12 +48,15 @@ from tlsgate.acme import (
     ari_cert_id,
     choose_renewal_time,
     default_renewal_time,
+    dns01_record_name,
+    dns01_txt_value,
     key_authorization,
     make_csr,
     tls_alpn01_certificate,
 )
 from tlsgate.acme.client import Authorization, Challenge
 from tlsgate.certs.bundle import CertificateBundle, bundle_from_pem
+from tlsgate.certs.dns01 import Rfc2136Updater
 from tlsgate.config.model import AcmeConfig, CertificateConfig, Config
 from tlsgate.errors import CertificateError, StoreError
 from tlsgate.store.base import Store
@@ -166,6 +169,7 @@ class CertificateManager:
         self._wake = asyncio.Event()
         self.has_http = any(lc.protocol == "http" for lc in config.listeners)
         self.has_https = any(lc.protocol == "https" for lc in config.listeners)
+        self.dns = Rfc2136Updater(self.acme.dns) if self.acme.dns is not None else None
 
     # ---- what workers serve -------------------------------------------------------------------
 
@@ -448,19 +452,22 @@ class CertificateManager:
                 )
                 log.info("ACME account %s at %s", account.url, self.acme.directory)
             order = await client.new_order(m.cert.domains, replaces=replaces)
-            published: list[Callable[[], None]] = []
+            published: list[Callable[[], Awaitable[None]]] = []
             try:
                 for url in order.authorizations:
                     authz = await client.get_authorization(url)
                     if authz.status == "valid":
                         continue
                     challenge = self._choose(authz)
-                    published.append(self._publish(authz, challenge, account_key))
+                    published.append(await self._publish(authz, challenge, account_key))
                     await client.answer_challenge(challenge)
                     await client.poll_authorization(authz.url)
             finally:
                 for undo in published:
-                    undo()
+                    try:
+                        await undo()
+                    except CertificateError as exc:
+                        log.warning("certificate %s: cleaning up a challenge: %s", m.cert.name, exc)
             key = generate_key(m.key_type)
             order = await client.finalize(order, make_csr(m.cert.domains, key))
             chain = await client.download_certificate(order)
@@ -473,8 +480,8 @@ class CertificateManager:
                 continue
             if kind == "tls-alpn-01" and (authz.wildcard or not self.has_https):
                 continue
-            if kind == "dns-01":
-                continue  # RFC 2136 updates: not available in this version
+            if kind == "dns-01" and self.dns is None:
+                continue
             if kind in offered and offered[kind].token:
                 return offered[kind]
         raise CertificateError(
@@ -482,13 +489,35 @@ class CertificateManager:
             f"{', '.join(sorted(offered))}; configured: {', '.join(self.acme.challenges)}"
         )
 
-    def _publish(
+    async def _publish(
         self, authz: Authorization, challenge: Challenge, account_key: ec.EllipticCurvePrivateKey
-    ) -> Callable[[], None]:
+    ) -> Callable[[], Awaitable[None]]:
+        """Make the challenge answerable; returns what undoes it."""
         token = challenge.token or ""
+        name = authz.identifier.value
         if challenge.type == "http-01":
             self.challenges.set_http01(token, key_authorization(token, account_key))
-            return lambda: self.challenges.set_http01(token, None)
-        name = authz.identifier.value
+
+            async def undo_http() -> None:
+                self.challenges.set_http01(token, None)
+
+            return undo_http
+        if challenge.type == "dns-01":
+            assert self.dns is not None
+            dns = self.dns
+            record = dns01_record_name(name)
+            value = dns01_txt_value(token, account_key)
+            await dns.add_txt(record, value)
+            if self.acme.dns is not None and self.acme.dns.propagation_delay > 0:
+                await asyncio.sleep(self.acme.dns.propagation_delay)
+
+            async def undo_dns() -> None:
+                await dns.remove_txt(record, value)
+
+            return undo_dns
         self.challenges.set_tls_alpn01(name, tls_alpn01_certificate(name, token, account_key))
-        return lambda: self.challenges.set_tls_alpn01(name, None)
+
+        async def undo_tls() -> None:
+            self.challenges.set_tls_alpn01(name, None)
+
+        return undo_tls
