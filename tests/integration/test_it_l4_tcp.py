@@ -9,7 +9,9 @@ leaves the other open (both ways round); a reader that stops reading stalls the
 sender instead of filling tlsgate's memory (the sender is seen to block, nothing
 is lost, the worker's RSS stays bounded); a silent connection is closed after
 ``connect_idle_timeout``; a failed connect is retried on another server; when no
-server answers the client is closed and the access log says why.
+server answers the client is closed and the access log says why; ``max_connections``
+refuses the one too many; weighted round robin and health checks steer connections;
+SIGTERM lets a connection run to the shutdown deadline.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,12 +165,16 @@ def servers() -> Iterator[Callable[[Handler], TcpServer]]:
         server.stop()
 
 
-def tcp_gate(make_gate: GateFactory, servers: list[str], **listener: object) -> tuple[Tlsgate, int]:
-    """A tlsgate with one tcp listener on 127.0.0.1 in front of ``servers``."""
+BACKEND_KEYS = ("retries", "max_fails", "connect_timeout", "health", "balance")
+
+
+def tcp_gate(
+    make_gate: GateFactory, servers: Sequence[str | dict[str, object]], **listener: object
+) -> tuple[Tlsgate, int]:
+    """A tlsgate with one tcp listener on 127.0.0.1 in front of ``servers``; keyword
+    arguments go to the listener, or to the backend for the keys in BACKEND_KEYS."""
     port = free_port()
-    backend: dict[str, object] = {
-        k: listener.pop(k) for k in ("retries", "max_fails", "connect_timeout") if k in listener
-    }
+    backend = {k: listener.pop(k) for k in BACKEND_KEYS if k in listener}
     config = table(
         "listeners",
         name="tcp",
@@ -284,10 +291,6 @@ def test_server_fin_keeps_the_client_direction_open(
     assert (entry["bytes_in"], entry["bytes_out"]) == (len(late), len(greeting))
 
 
-@pytest.mark.xfail(
-    reason="product bug: Splicer.close names 'client' whenever both directions are at EOF, "
-    "so a server that closed first is logged as 'client closed'",
-)
 def test_close_reason_names_the_side_that_closed_first(
     make_gate: GateFactory, servers: Callable[[Handler], TcpServer]
 ) -> None:
@@ -441,10 +444,6 @@ def test_all_servers_dead_closes_the_client_and_says_why(make_gate: GateFactory)
         assert f"connecting to {address} failed" in gate.error_log_text()
 
 
-@pytest.mark.xfail(
-    reason="product bug: the reason is asyncio's 'Connect call failed (addr)' instead of "
-    "the errno's text; the log does not say the connection was refused",
-)
 def test_connect_failure_reason_says_connection_refused(make_gate: GateFactory) -> None:
     dead = f"127.0.0.1:{free_port()}"
     gate, port = tcp_gate(make_gate, [dead], retries=0)
@@ -452,3 +451,90 @@ def test_connect_failure_reason_says_connection_refused(make_gate: GateFactory) 
         assert closed_within(sock, 10)
     entry = gate.wait_access_log(lambda e: e.get("listener") == "tcp")
     assert "connection refused" in entry["close_reason"].lower(), entry["close_reason"]
+
+
+# --------------------------------------------------------------- limits, balancing
+
+
+def test_max_connections_refuses_the_one_too_many(
+    make_gate: GateFactory, servers: Callable[[Handler], TcpServer]
+) -> None:
+    server = servers(echo_then_bye)
+    gate, port = tcp_gate(make_gate, [server.address], max_connections=2)
+    with connect(port) as first, connect(port) as second:
+        for sock in (first, second):
+            sock.sendall(b"x")
+            assert sock.recv(1) == b"x"  # both are through to the server
+        with connect(port) as third:
+            assert closed_within(third, 5)
+        entry = gate.wait_access_log(lambda e: e.get("server") is None)
+        assert entry["close_reason"] == "max_connections (2) reached", entry
+        first.sendall(b"y")  # the two in flight are undisturbed
+        assert first.recv(1) == b"y"
+    assert len(server.conns) == 2
+    # a slot is free again once one closed
+    wait_until(lambda: len(gate.access_log_lines()) == 3, 10, what="the two closes logged")
+    with connect(port) as again:
+        again.sendall(b"z")
+        assert again.recv(1) == b"z"
+
+
+def test_weighted_round_robin_spreads_connections(
+    make_gate: GateFactory, servers: Callable[[Handler], TcpServer]
+) -> None:
+    light = servers(echo_then_bye)
+    heavy = servers(echo_then_bye)
+    _, port = tcp_gate(make_gate, [light.address, {"address": heavy.address, "weight": 3}])
+    for _ in range(8):
+        with connect(port) as sock:
+            sock.shutdown(socket.SHUT_WR)
+            assert read_to_eof(sock) == b"BYE 0"
+    assert (len(light.conns), len(heavy.conns)) == (2, 6)
+
+
+def test_a_server_marked_down_by_health_checks_is_not_tried(
+    make_gate: GateFactory, servers: Callable[[Handler], TcpServer]
+) -> None:
+    live = servers(echo_then_bye)
+    dead = f"127.0.0.1:{free_port()}"
+    health = {"type": "tcp", "interval": "100ms", "timeout": "90ms", "rise": 1, "fall": 1}
+    gate, port = tcp_gate(make_gate, [dead, live.address], health=health, max_fails=1000)
+    gate.wait_for_log(f"server {dead} is DOWN", 1, 10)
+    for i in range(4):
+        with connect(port) as sock:
+            sock.sendall(b"%d" % i)
+            sock.shutdown(socket.SHUT_WR)
+            assert read_to_eof(sock) == b"%dBYE 1" % i
+    # no connection was even attempted to the server the checks took down
+    assert f"connecting to {dead} failed" not in gate.error_log_text()
+    assert len(live.conns) >= 4
+
+
+def test_sigterm_lets_a_connection_run_to_the_shutdown_deadline(
+    make_gate: GateFactory, servers: Callable[[Handler], TcpServer]
+) -> None:
+    """A byte stream has no request boundary to stop at: on SIGTERM tlsgate stops
+    accepting, keeps forwarding what is in flight, and closes it at the deadline."""
+    server = servers(echo_then_bye)
+    port = free_port()
+    gate = make_gate(
+        table("listeners", name="tcp", bind=[f"127.0.0.1:{port}"], protocol="tcp", backend="svc")
+        + table("backends", name="svc", servers=[server.address]),
+        shutdown_timeout="3s",
+    )
+    with connect(port) as sock:
+        sock.sendall(b"before")
+        assert sock.recv(16) == b"before"
+        t0 = time.monotonic()
+        gate.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(OSError):  # no longer accepting
+            connect(port, timeout=2).close()
+        sock.sendall(b"during")  # still forwarded while draining
+        assert sock.recv(16) == b"during"
+        assert closed_within(sock, 15)
+        elapsed = time.monotonic() - t0
+    assert gate.stop(timeout=15) == 0
+    assert 2.5 <= elapsed <= 6.0, elapsed
+    entry = gate.wait_access_log(lambda e: e.get("listener") == "tcp")
+    assert entry["close_reason"] == "shutdown deadline", entry

@@ -169,6 +169,7 @@ class Preamble:
         self.on_done = on_done
         self.proxy: ProxyHeader | None = None
         self.finished = False
+        self._seen = 0  # bytes queued at the last wake-up that needed more
         self._timer = loop.call_later(timeout, self._timeout)
         self._timeout_s = timeout
 
@@ -213,7 +214,9 @@ class Preamble:
         except OSError as exc:
             self.abort(f"connection error while reading the preamble: {exc.strerror or exc}")
             return
-        eof = not data
+        # SO_RCVLOWAT wakes us only when more bytes are queued, or on EOF; a wake-up that
+        # brings nothing new is therefore the peer's FIN (a peek can't tell it otherwise)
+        eof = not data or len(data) <= self._seen
         if self.want_proxy and self.proxy is None:
             try:
                 parsed = parse_proxy_header(data)
@@ -224,6 +227,7 @@ class Preamble:
                 if eof:
                     self.abort("connection closed before the PROXY header")
                     return
+                self._seen = len(data)
                 self._need(parsed.at_least or len(data) + 1)
                 return
             self.proxy = parsed
@@ -248,6 +252,7 @@ class Preamble:
             if eof:
                 self.abort("connection closed before a ClientHello")
                 return
+            self._seen = len(data)
             self._need(hello.at_least or len(data) + 1)
             return
         self._finish(hello, None)
@@ -518,10 +523,15 @@ class L4Session:
         loop = self.worker.loop
 
         async def open_one(server: ServerRuntime) -> socket.socket:
-            infos = await loop.getaddrinfo(
-                server.state.host, server.state.port, type=socket.SOCK_STREAM
-            )
-            family, _, _, _, sockaddr = infos[0]
+            host, port = server.state.host, server.state.port
+            family: int
+            sockaddr: Any
+            if is_ip(host):  # the common case: no resolver round trip through a thread
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                sockaddr = (host, port)
+            else:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                family, _, _, _, sockaddr = infos[0]
             up = socket.socket(family, socket.SOCK_STREAM)
             up.setblocking(False)
             try:
