@@ -23,10 +23,13 @@ else
 PACKAGES=(
   haproxy        # PROXY-protocol peer; benchmark peer
   nginx-light    # app server in tests; benchmark backend
+  libnginx-mod-stream # nginx stream {} (a dynamic module): the L4 peer in bench_passthrough
   wrk            # HTTP/1.1 load generator (benchmarks)
   nghttp2-client # h2load (benchmarks)
   curl           # a client, as a user would run one
   openssl        # openssl s_client in tests
+  pebble         # ACME test server; its pebble-challtestsrv is the DNS Pebble resolves with
+  bind9          # authoritative DNS taking RFC 2136 updates: dns-01 end to end
   procps         # ps/pgrep, used by tests that watch processes
   iproute2       # ss, ip (network namespaces)
   ca-certificates
@@ -34,7 +37,7 @@ PACKAGES=(
 fi
 
 # package name -> the system service it installs
-declare -A SERVICE_OF=([haproxy]=haproxy [nginx-light]=nginx)
+declare -A SERVICE_OF=([haproxy]=haproxy [nginx-light]=nginx [bind9]=named)
 
 log() { printf 'install-system-deps: %s\n' "$*"; }
 
