@@ -19,7 +19,7 @@ Store layout (keys ending in ``.key`` are sealed by the store)::
     acme/<directory-id>/account.json      {"url": ..., "directory": ...}
     certs/<name>/<key-type>/chain.pem     leaf first
     certs/<name>/<key-type>/privkey.key
-    certs/<name>/<key-type>/meta.json     dates, renew_at, last_error, failures
+    certs/<name>/<key-type>/meta.json     dates, renew_at, last_error, failures, retry_at
 """
 
 from __future__ import annotations
@@ -63,7 +63,11 @@ from tlsgate.store.base import Store
 
 log = logging.getLogger("tlsgate.certs")
 
-LOCK_TTL = 600.0
+# The store renews a held lock every LOCK_TTL/3, so the TTL only bounds how long
+# a holder that died (SIGKILL mid-order) blocks the next attempt, e.g. the
+# restarted node's own. certmagic considers a lock stale after 10 s.
+LOCK_TTL = 30.0
+LOCK_WAIT_NOTICE = 1.0  # log that we wait for the lock after this many seconds
 RENEW_REQUEST = "renew-request"  # certs/<name>/renew-request: {"force": bool}
 BACKOFF_START = 30.0
 BACKOFF_CAP = 6 * 3600.0
@@ -90,6 +94,7 @@ class Managed:
     next_attempt: float = 0.0  # monotonic
     last_error: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    issuing: bool = False  # this manager is ordering it now: its own writes are not news
 
     @property
     def prefix(self) -> str:
@@ -260,7 +265,8 @@ class CertificateManager:
             parts = event.key.split("/")
             if len(parts) == 3 and parts[2] == RENEW_REQUEST:
                 await self._renew_requested(parts[1], event.value or b"{}")
-            elif len(parts) == 4 and parts[3] == "chain.pem":
+            elif len(parts) == 4 and parts[3] == "meta.json":
+                # meta.json is written last: the chain and key before it are complete
                 await self._adopt_from_store(parts[1], parts[2])
 
     async def _renew_requested(self, name: str, value: bytes) -> None:
@@ -282,7 +288,7 @@ class CertificateManager:
 
     async def _adopt_from_store(self, name: str, key_type: str) -> None:
         for m in self.managed:
-            if m.cert.name == name and m.key_type == key_type:
+            if m.cert.name == name and m.key_type == key_type and not m.issuing:
                 before = m.bundle.fingerprint_sha256 if m.bundle else None
                 if await self._load_one(m) and m.bundle and m.bundle.fingerprint_sha256 != before:
                     log.info("certificate %s (%s): new certificate from the store", name, key_type)
@@ -311,9 +317,16 @@ class CertificateManager:
 
     async def obtain(self, m: Managed, *, force: bool = False) -> bool:
         """Issue (or renew) one certificate under its lock. Returns True on success."""
+        m.issuing = True
+        try:
+            return await self._obtain(m, force=force)
+        finally:
+            m.issuing = False
+
+    async def _obtain(self, m: Managed, *, force: bool) -> bool:
         name = m.cert.name
         try:
-            async with await self.store.lock(f"{m.prefix}", ttl=LOCK_TTL):
+            async with await self._lock(m):
                 # another process may have issued it while we waited for the lock
                 if await self._load_one(m) and not force and not self.due(m):
                     log.info("certificate %s (%s): already renewed by another", name, m.key_type)
@@ -372,8 +385,24 @@ class CertificateManager:
         self.on_change()
         return True
 
+    async def _lock(self, m: Managed) -> contextlib.AbstractAsyncContextManager[None]:
+        """The certificate's store lock; a wait for it is logged, not silent."""
+        try:
+            return await asyncio.wait_for(self.store.lock(m.prefix, ttl=LOCK_TTL), LOCK_WAIT_NOTICE)
+        except TimeoutError:
+            log.info(
+                "certificate %s (%s): waiting for its lock: another process is issuing it, "
+                "or one that died holds it (then it expires within %ds)",
+                m.cert.name,
+                m.key_type,
+                int(LOCK_TTL),
+            )
+        return await self.store.lock(m.prefix, ttl=LOCK_TTL)
+
     async def _save_meta(self, m: Managed) -> None:
         b = m.bundle
+        now = datetime.now(UTC)
+        wait = m.next_attempt - time.monotonic()  # the backoff, for `certs list`
         meta = {
             "issuer": "acme",
             "directory": self.acme.directory,
@@ -385,7 +414,8 @@ class CertificateManager:
             "renew_at": m.renew_at.isoformat() if m.renew_at else None,
             "last_error": m.last_error,
             "failures": m.failures,
-            "updated": datetime.now(UTC).isoformat(),
+            "retry_at": (now + timedelta(seconds=wait)).isoformat() if wait > 0 else None,
+            "updated": now.isoformat(),
         }
         await self.store.put(f"{m.prefix}/meta.json", json.dumps(meta).encode())
 

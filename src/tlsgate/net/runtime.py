@@ -102,9 +102,7 @@ class ListenerRuntime:
         return any(addr in net for net in self.trusted)
 
 
-def _build_backend(
-    cfg: BackendConfig, health: dict[tuple[str, str], bool], bundles: dict[str, CertificateBundle]
-) -> BackendRuntime:
+def _build_backend(cfg: BackendConfig, health: dict[tuple[str, str], bool]) -> BackendRuntime:
     states = [
         ServerState(
             key=s.address,
@@ -152,8 +150,11 @@ class Runtime:
         Raises:
             CertificateError: an https listener has no usable certificate.
         """
-        by_name = {b.name: b for b in bundles}
-        backends = {b.name: _build_backend(b, health, by_name) for b in config.backends}
+        # one certificate name may have several bundles: ECDSA and RSA side by side
+        by_name: dict[str, list[CertificateBundle]] = {}
+        for bundle in bundles:
+            by_name.setdefault(bundle.name, []).append(bundle)
+        backends = {b.name: _build_backend(b, health) for b in config.backends}
         listeners: dict[str, ListenerRuntime] = {}
         for lc in config.listeners:
             entries = [
@@ -165,7 +166,7 @@ class Runtime:
             cache: CertificateCache | None = None
             if lc.protocol == "https":
                 names = lc.certificates or tuple(by_name)
-                served = [by_name[n] for n in names if n in by_name]
+                served = [b for n in names for b in by_name.get(n, ())]
                 if not served:
                     raise CertificateError(f"listener {lc.name!r} has no certificate to serve")
                 cache = CertificateCache(
