@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import (
@@ -124,6 +125,14 @@ def test_nginx_terminating_tls_logs_each_real_client(
         ("127.0.0.2", "127.0.0.1", "a.test"),
         ("127.0.0.3", "127.0.0.1", "a.test"),
     ]
+    # a passthrough session is logged when both sides have closed, which can be just
+    # after curl has its answer: wait for one line per client
+    for source in CLIENTS:
+
+        def logged_for(e: dict[str, Any], source: str = source) -> bool:
+            return bool(e.get("listener") == "pt" and e["client_ip"] == source)
+
+        gate.wait_access_log(logged_for)
     entries = [e for e in gate.access_log_lines() if e.get("listener") == "pt"]
     # each client port nginx saw is the one tlsgate logged for that client
     assert sorted((e["client_ip"], str(e["client_port"])) for e in entries) == sorted(
