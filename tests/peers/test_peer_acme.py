@@ -120,6 +120,7 @@ def acme_config(
     app: AppServer,
     challenges: tuple[str, ...],
     key_types: tuple[str, ...],
+    lifetime: str = "",
 ) -> str:
     head = (
         "[acme]\n"
@@ -127,7 +128,9 @@ def acme_config(
         'email = "ops@example.com"\n'
         f"ca_file = {toml_str(pebble.ca_file)}\n"
         f"challenges = {toml_value(list(challenges))}\n"
-        f"key_types = {toml_value(list(key_types))}\n\n"
+        f"key_types = {toml_value(list(key_types))}\n"
+        + (f"certificate_lifetime = {toml_str(lifetime)}\n" if lifetime else "")
+        + "\n"
     )
     body = table("certificates", name="www", domains=list(NAMES), issuer="acme")
     body += table(
@@ -170,6 +173,7 @@ def make_node(tmp_path: Path, make_app: Callable[[str], AppServer]) -> Iterator[
         pebble_http_port: int | None = None,
         http_listener: bool = True,
         workers: int = 1,
+        lifetime: str = "",
     ) -> AcmeNode:
         n = len(stack)
         https_port, http_port = free_port(), free_port()
@@ -187,6 +191,7 @@ def make_node(tmp_path: Path, make_app: Callable[[str], AppServer]) -> Iterator[
             app=app,
             challenges=challenges,
             key_types=key_types,
+            lifetime=lifetime,
         )
         gate = Tlsgate(tmp_path / f"gate{n}", config, workers=workers)
         stack.append((gate, pebble_cm))
@@ -387,6 +392,34 @@ def test_forced_renewal_swaps_live_and_keeps_open_connections(make_node: MakeNod
     conn.close()
 
     assert node.listing()["keys"][0]["fingerprint_sha256"] == new
+    assert node.pebble.orders() == 2
+
+
+def test_short_lived_certificate_renews_itself_when_due(make_node: MakeNode) -> None:
+    # 60s certificates (Pebble honours the order's notAfter): due when a third is left,
+    # so the node must renew on its own after ~40s, while a connection from before stays up.
+    node = make_node(lifetime="60s")
+    node.wait_issued()
+    node.wait_served(is_pebble, "the Pebble certificate to be served")
+    first = node.served()
+    lifetime = first.not_valid_after_utc - first.not_valid_before_utc
+    assert lifetime.total_seconds() <= 61
+    ctx = ssl.create_default_context(cafile=str(node.root))
+    conn = RawConn(node.https_port, tls=ctx, server_hostname="www.acme.test")
+    request = request_bytes("GET", "/echo", "www.acme.test")
+    conn.send(request)
+    assert conn.read_response().status == 200
+
+    wait_until(
+        lambda: fingerprint(node.served()) != fingerprint(first), 60, 0.5, "a renewed certificate"
+    )
+    renewed = node.served()
+    assert renewed.not_valid_after_utc > first.not_valid_after_utc
+    # renewed inside the last third of the old certificate's life, not earlier
+    assert renewed.not_valid_before_utc >= first.not_valid_before_utc + lifetime * 0.6
+    conn.send(request)
+    assert conn.read_response().status == 200
+    conn.close()
     assert node.pebble.orders() == 2
 
 

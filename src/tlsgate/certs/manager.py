@@ -481,7 +481,10 @@ class CertificateManager:
                     json.dumps({"url": account.url, "directory": self.acme.directory}).encode(),
                 )
                 log.info("ACME account %s at %s", account.url, self.acme.directory)
-            order = await client.new_order(m.cert.domains, replaces=replaces)
+            not_after = None
+            if self.acme.certificate_lifetime:
+                not_after = datetime.now(UTC) + timedelta(seconds=self.acme.certificate_lifetime)
+            order = await client.new_order(m.cert.domains, replaces=replaces, not_after=not_after)
             published: list[Callable[[], Awaitable[None]]] = []
             try:
                 for url in order.authorizations:

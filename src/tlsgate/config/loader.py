@@ -92,6 +92,7 @@ _ACME_KEYS = (
     "eab_kid",
     "eab_hmac_key",
     "renew_check_interval",
+    "certificate_lifetime",
     "dns",
 )
 _DNS_KEYS = (
@@ -1288,6 +1289,14 @@ class _Loader:
                 "duration of at least '1s', e.g. '1h'",
             )
             renew_check_interval = 3600.0
+        lifetime = table.duration("certificate_lifetime", 0.0)
+        if lifetime and lifetime < 60.0:
+            table.add(
+                "certificate_lifetime",
+                f"{_show(str(value.get('certificate_lifetime')))} is shorter than 60s; expected "
+                "a duration of at least '60s' (or '0s' for the CA's default), e.g. '7d'",
+            )
+            lifetime = 0.0
         dns = self._dns(table, challenges if challenges_ok else None)
         return AcmeConfig(
             directory=directory or "",
@@ -1299,6 +1308,7 @@ class _Loader:
             eab_hmac_key=eab_hmac_key,
             dns=dns,
             renew_check_interval=renew_check_interval,
+            certificate_lifetime=lifetime,
         )
 
     def _eab(self, table: _Table) -> tuple[str, str]:

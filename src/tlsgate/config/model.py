@@ -92,6 +92,9 @@ class AcmeConfig:
     eab_hmac_key: str = ""  # base64url
     dns: DnsUpdateConfig | None = None  # required when "dns-01" is in challenges
     renew_check_interval: float = 3600.0  # how often due dates are re-examined
+    # ask the CA for this validity (the order's notAfter, RFC 8555 §7.4); 0 = the CA's
+    # default. For CAs that honour it (Pebble, some private CAs); Let's Encrypt does not.
+    certificate_lifetime: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -1594,6 +1594,7 @@ def test_acme_defaults() -> None:
     assert config.acme.challenges == ("http-01", "tls-alpn-01")
     assert config.acme.key_types == ("ecdsa-p256",)
     assert config.acme.renew_check_interval == 3600.0
+    assert config.acme.certificate_lifetime == 0.0
     assert (config.acme.email, config.acme.ca_file, config.acme.dns) == ("", None, None)
 
 
@@ -1842,8 +1843,14 @@ def test_acme_email_problems(email: str, fragment: str) -> None:
         (
             'contact = "ops@example.com"',
             "acme.contact",
-            "unknown key 'contact'; valid keys: ca_file, challenges, directory, dns, eab_hmac_key, "
-            "eab_kid, email, key_types, renew_check_interval",
+            "unknown key 'contact'; valid keys: ca_file, certificate_lifetime, challenges, "
+            "directory, dns, eab_hmac_key, eab_kid, email, key_types, renew_check_interval",
+        ),
+        (
+            'certificate_lifetime = "30s"',
+            "acme.certificate_lifetime",
+            "'30s' is shorter than 60s; expected a duration of at least '60s' (or '0s' for the "
+            "CA's default), e.g. '7d'",
         ),
     ],
 )
