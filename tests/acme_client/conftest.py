@@ -23,7 +23,6 @@ stopped at the end of the session.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import ssl
@@ -40,19 +39,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tlsgate.acme import ACME_TLS_ALPN_PROTOCOL
-from tlsgate.ca.local import LocalCA
 
-PEBBLE = "/usr/bin/pebble"
-CHALLTESTSRV = "/usr/bin/pebble-challtestsrv"
+from .pebble import free_port, pebble_process
+
+__all__ = ["free_port"]
+
 # Pebble's example EAB key (from the Debian package's example config).
 EAB_KID = "kid-1"
 EAB_HMAC_B64 = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- responders
@@ -209,109 +203,26 @@ class Pebble:
         ).raise_for_status()
 
 
-def _wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited early:\n{log.read_text(errors='replace')}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(
-        f"{proc.args!r} not listening after start:\n{log.read_text(errors='replace')}"
-    )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
 @contextlib.contextmanager
 def run_pebble(workdir: Path, *, eab_keys: dict[str, str] | None = None) -> Iterator[Pebble]:
     """Start challtestsrv + Pebble (+ both responders) and stop them on exit."""
-    for binary in (PEBBLE, CHALLTESTSRV):
-        if not os.access(binary, os.X_OK):
-            pytest.fail(
-                f"{binary} is missing: run scripts/install-system-deps.sh (Debian 'pebble')"
-            )
     workdir.mkdir(parents=True, exist_ok=True)
-    ca = LocalCA.create("tlsgate acme tests: Pebble listener CA")
-    leaf = ca.issue(["localhost", "127.0.0.1"])
-    (workdir / "ca.pem").write_bytes(ca.cert_pem)
-    (workdir / "cert.pem").write_bytes(leaf.chain_pem)
-    (workdir / "key.pem").write_bytes(leaf.key_pem)
-    acme_port, mgmt_port, dns_port, dns_mgmt_port = (free_port() for _ in range(4))
     http01 = Http01Responder()
     tls_alpn = TlsAlpnResponder(workdir)
-    config = {
-        "pebble": {
-            "listenAddress": f"127.0.0.1:{acme_port}",
-            "managementListenAddress": f"127.0.0.1:{mgmt_port}",
-            "certificate": str(workdir / "cert.pem"),
-            "privateKey": str(workdir / "key.pem"),
-            "httpPort": http01.port,
-            "tlsPort": tls_alpn.port,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": eab_keys is not None,
-            "externalAccountMACKeys": eab_keys or {},
-        }
-    }
-    (workdir / "pebble.json").write_text(json.dumps(config))
-    env = {
-        **os.environ,
-        "PEBBLE_VA_NOSLEEP": "1",
-        "PEBBLE_WFE_NONCEREJECT": "0",
-        "PEBBLE_AUTHZREUSE": "0",
-    }
-    procs: list[subprocess.Popen[bytes]] = []
     try:
-        dns_log = workdir / "challtestsrv.log"
-        with dns_log.open("wb") as out:
-            dns = subprocess.Popen(
-                [
-                    CHALLTESTSRV,
-                    "-dns01", f"127.0.0.1:{dns_port}",
-                    "-management", f"127.0.0.1:{dns_mgmt_port}",
-                    "-http01", "", "-https01", "", "-tlsalpn01", "",
-                    "-defaultIPv4", "127.0.0.1",
-                    "-defaultIPv6", "",
-                ],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            )  # fmt: skip
-        procs.append(dns)
-        pebble_log = workdir / "pebble.log"
-        with pebble_log.open("wb") as out:
-            pebble = subprocess.Popen(
-                [
-                    PEBBLE,
-                    "-config", str(workdir / "pebble.json"),
-                    "-dnsserver", f"127.0.0.1:{dns_port}",
-                ],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=env, cwd=workdir,
-            )  # fmt: skip
-        procs.append(pebble)
-        deadline = time.monotonic() + 15
-        _wait_listening(dns_mgmt_port, dns, dns_log, deadline)
-        _wait_listening(acme_port, pebble, pebble_log, deadline)
-        _wait_listening(mgmt_port, pebble, pebble_log, deadline)
-        yield Pebble(
-            directory_url=f"https://127.0.0.1:{acme_port}/dir",
-            ca_file=str(workdir / "ca.pem"),
-            management_url=f"https://127.0.0.1:{mgmt_port}",
-            dns_management_url=f"http://127.0.0.1:{dns_mgmt_port}",
-            http01=http01,
-            tls_alpn=tls_alpn,
-            procs=procs,
-        )
+        with pebble_process(
+            workdir, http_port=http01.port, tls_port=tls_alpn.port, eab_keys=eab_keys
+        ) as proc:
+            yield Pebble(
+                directory_url=proc.directory_url,
+                ca_file=str(proc.ca_file),
+                management_url=proc.management_url,
+                dns_management_url=proc.dns_management_url,
+                http01=http01,
+                tls_alpn=tls_alpn,
+                procs=proc.procs,
+            )
     finally:
-        for proc in reversed(procs):
-            _stop(proc)
         http01.close()
         tls_alpn.close()
 

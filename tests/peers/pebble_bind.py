@@ -14,21 +14,16 @@ others: ``PEBBLE_VA_NOSLEEP=1`` (validate at once), ``PEBBLE_WFE_NONCEREJECT=0``
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import ssl
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 from harness import free_port
 
-from acme_client.conftest import PEBBLE, _stop, _wait_listening
-from tlsgate.ca.local import LocalCA
+from acme_client.pebble import pebble_process
 
 
 @dataclass
@@ -60,55 +55,17 @@ class DnsPebble:
 @contextlib.contextmanager
 def run_pebble_with_dns(workdir: Path, dns_port: int) -> Iterator[DnsPebble]:
     """Start Pebble resolving through ``127.0.0.1:dns_port``; stop it on exit."""
-    if not os.access(PEBBLE, os.X_OK):
-        pytest.fail(f"{PEBBLE} is missing: run scripts/install-system-deps.sh (Debian 'pebble')")
-    workdir.mkdir(parents=True, exist_ok=True)
-    ca = LocalCA.create("tlsgate dns-01 tests: Pebble listener CA")
-    leaf = ca.issue(["localhost", "127.0.0.1"])
-    (workdir / "ca.pem").write_bytes(ca.cert_pem)
-    (workdir / "cert.pem").write_bytes(leaf.chain_pem)
-    (workdir / "key.pem").write_bytes(leaf.key_pem)
-    acme_port, mgmt_port, unused_http, unused_tls = (free_port() for _ in range(4))
-    config = {
-        "pebble": {
-            "listenAddress": f"127.0.0.1:{acme_port}",
-            "managementListenAddress": f"127.0.0.1:{mgmt_port}",
-            "certificate": str(workdir / "cert.pem"),
-            "privateKey": str(workdir / "key.pem"),
-            "httpPort": unused_http,
-            "tlsPort": unused_tls,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
-        }
-    }
-    (workdir / "pebble.json").write_text(json.dumps(config))
-    env = {
-        **os.environ,
-        "PEBBLE_VA_NOSLEEP": "1",
-        "PEBBLE_WFE_NONCEREJECT": "0",
-        "PEBBLE_AUTHZREUSE": "0",
-    }
-    log = workdir / "pebble.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                PEBBLE,
-                "-config", str(workdir / "pebble.json"),
-                "-dnsserver", f"127.0.0.1:{dns_port}",
-            ],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, cwd=workdir,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 15
-        _wait_listening(acme_port, proc, log, deadline)
-        _wait_listening(mgmt_port, proc, log, deadline)
+    # only dns-01 is used: HTTP-01 and TLS-ALPN-01 point at ports nobody listens on
+    with pebble_process(
+        workdir,
+        http_port=free_port(),
+        tls_port=free_port(),
+        dns_server=f"127.0.0.1:{dns_port}",
+    ) as proc:
         yield DnsPebble(
             workdir=workdir,
-            directory_url=f"https://127.0.0.1:{acme_port}/dir",
-            ca_file=workdir / "ca.pem",
-            management_url=f"https://127.0.0.1:{mgmt_port}",
-            proc=proc,
+            directory_url=proc.directory_url,
+            ca_file=proc.ca_file,
+            management_url=proc.management_url,
+            proc=proc.pebble,
         )
-    finally:
-        _stop(proc)
