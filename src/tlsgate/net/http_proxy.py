@@ -42,7 +42,7 @@ from tlsgate.errors import (
     UpstreamTimeout,
 )
 from tlsgate.net.connect import connect_to_backend
-from tlsgate.net.l4 import proxy_header_for
+from tlsgate.net.l4 import client_address_of, proxy_header_for
 from tlsgate.net.upstream import Headers, UpstreamConnection, UpstreamFailure
 from tlsgate.proto import http1
 from tlsgate.proto.proxy_protocol import ProxyHeader
@@ -565,10 +565,12 @@ class ClientConnection(asyncio.Protocol):
         self.peer_ip = str(peer[0]) if peer else ""
         self.peer_port = int(peer[1]) if peer else 0
         self.proxy_peer = ""
-        if self.proxy is not None and self.proxy.command == "PROXY" and self.proxy.source:
+        if self.proxy is not None:
             # the trusted load balancer in front vouches for the client: use it everywhere
-            self.proxy_peer = self.peer_ip
-            self.peer_ip, self.peer_port = self.proxy.source
+            vouched = client_address_of(self.proxy, (self.peer_ip, self.peer_port))
+            if vouched != (self.peer_ip, self.peer_port):
+                self.proxy_peer = self.peer_ip
+                self.peer_ip, self.peer_port = vouched
         self.client_ip = self.peer_ip
         sockname = transport.get_extra_info("sockname")
         self.local_ip = str(sockname[0]) if sockname else ""

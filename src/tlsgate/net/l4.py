@@ -466,8 +466,7 @@ class L4Session:
     ) -> None:
         self.preamble = None
         self.proxy = proxy
-        if proxy is not None and proxy.command == "PROXY" and proxy.source is not None:
-            self.client = proxy.source
+        self.client = client_address_of(proxy, self.peer)
         self.hello = hello
         lc = self.listener.config
         if error is not None:
