@@ -404,6 +404,56 @@ class Tlsgate:
         return found
 
 
+class ThreadedTcpServer:
+    """A TCP server on 127.0.0.1 that serves each connection in its own thread.
+
+    Subclasses implement ``handle(sock, peer)``: it runs in that thread and owns the
+    socket (record what it saw, close it). ``stop()`` closes the listener and every
+    accepted socket, so no handler thread outlives the test.
+    """
+
+    def __init__(self, *, name: str = "server", conn_timeout: float = 10.0) -> None:
+        self.name = name
+        self._conn_timeout = conn_timeout
+        self._accepted: list[socket.socket] = []
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self._sock.settimeout(0.05)
+        self.port: int = self._sock.getsockname()[1]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True, name=name)
+        self._thread.start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sock, peer = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            sock.settimeout(self._conn_timeout)
+            self._accepted.append(sock)
+            threading.Thread(target=self.handle, args=(sock, peer), daemon=True).start()
+
+    def handle(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._sock.close()
+        for sock in self._accepted:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
 class RssSampler(threading.Thread):
     """Sample the resident memory of a tlsgate's workers every ``interval`` s.
 

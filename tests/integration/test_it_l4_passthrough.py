@@ -35,6 +35,7 @@ from harness import (
     CertFiles,
     GateFactory,
     Pki,
+    ThreadedTcpServer,
     Tlsgate,
     curl,
     dns_names,
@@ -67,39 +68,17 @@ class Accepted:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-class ThreadServer:
+class ThreadServer(ThreadedTcpServer):
     """A TCP server on 127.0.0.1; each connection is served by ``self.serve`` in a thread."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
         self.accepted: list[Accepted] = []
-        self._conns: list[socket.socket] = []
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
-        self._sock.settimeout(0.05)
-        self.port: int = self._sock.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        super().__init__(name=name)
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sock, peer = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            sock.settimeout(10)
-            self._conns.append(sock)
-            seen = Accepted(peer)
-            self.accepted.append(seen)
-            threading.Thread(target=self._run, args=(sock, seen), daemon=True).start()
+    def handle(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        seen = Accepted(peer)
+        self.accepted.append(seen)
+        self._run(sock, seen)
 
     def _run(self, sock: socket.socket, seen: Accepted) -> None:
         try:
@@ -119,14 +98,6 @@ class ThreadServer:
         (seen,) = self.accepted
         assert seen.done.wait(timeout), f"{self.name} did not finish the connection"
         return seen
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sock.close()
-        for sock in self._conns:
-            with contextlib.suppress(OSError):
-                sock.close()
 
 
 class Recorder(ThreadServer):

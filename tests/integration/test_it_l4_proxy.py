@@ -34,6 +34,7 @@ from harness import (
     GateFactory,
     Pki,
     RawConn,
+    ThreadedTcpServer,
     Tlsgate,
     client_context,
     free_port,
@@ -103,43 +104,21 @@ class Seen:
     done: threading.Event = field(default_factory=threading.Event)
 
 
-class ProxyServer:
+class ProxyServer(ThreadedTcpServer):
     """A server on 127.0.0.1 that (optionally) reads a PROXY header first, then:
     ``record`` keeps every byte until EOF; ``name`` sends its name, then reads to
     EOF; ``http`` answers each request on the connection with its name."""
 
     def __init__(self, name: str, mode: Mode, *, expect_proxy: bool = True) -> None:
-        self.name = name
         self.mode = mode
         self.expect_proxy = expect_proxy
         self.seen: list[Seen] = []
-        self._conns: list[socket.socket] = []
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
-        self._sock.settimeout(0.05)
-        self.port: int = self._sock.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        super().__init__(name=name)
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sock, peer = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            sock.settimeout(10)
-            self._conns.append(sock)
-            seen = Seen(peer)
-            self.seen.append(seen)
-            threading.Thread(target=self._serve, args=(sock, seen), daemon=True).start()
+    def handle(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        seen = Seen(peer)
+        self.seen.append(seen)
+        self._serve(sock, seen)
 
     def _serve(self, sock: socket.socket, seen: Seen) -> None:
         try:
@@ -183,14 +162,6 @@ class ProxyServer:
         assert seen.done.wait(timeout), f"{self.name} did not finish the connection"
         assert seen.error == "", seen.error
         return seen
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sock.close()
-        for sock in self._conns:
-            with contextlib.suppress(OSError):
-                sock.close()
 
 
 ServerFactory = Callable[..., ProxyServer]

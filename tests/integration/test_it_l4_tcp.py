@@ -29,7 +29,15 @@ from typing import Any
 
 import pytest
 from appserver import PatternChecker, pattern_chunks
-from harness import GateFactory, RssSampler, Tlsgate, free_port, table, wait_until
+from harness import (
+    GateFactory,
+    RssSampler,
+    ThreadedTcpServer,
+    Tlsgate,
+    free_port,
+    table,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
@@ -68,38 +76,18 @@ class Conn:
 Handler = Callable[[Conn], None]
 
 
-class TcpServer:
+class TcpServer(ThreadedTcpServer):
     """A TCP server on 127.0.0.1; each connection runs ``handler(conn)`` in a thread."""
 
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self.conns: list[Conn] = []
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(64)
-        self._sock.settimeout(0.05)
-        self.port: int = self._sock.getsockname()[1]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._accept, daemon=True, name="tcp-server")
-        self._thread.start()
+        super().__init__(name="tcp-server", conn_timeout=30.0)
 
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                sock, peer = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            sock.settimeout(30)
-            conn = Conn(sock, peer)
-            self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+    def handle(self, sock: socket.socket, peer: tuple[str, int]) -> None:
+        conn = Conn(sock, peer)
+        self.conns.append(conn)
+        self._serve(conn)
 
     def _serve(self, conn: Conn) -> None:
         try:
@@ -117,14 +105,6 @@ class TcpServer:
         (conn,) = self.conns
         assert conn.done.wait(timeout), "the server's handler did not finish"
         return conn
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sock.close()
-        for conn in self.conns:
-            with contextlib.suppress(OSError):
-                conn.sock.close()
 
 
 def echo_then_bye(conn: Conn) -> None:
