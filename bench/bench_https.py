@@ -35,9 +35,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tlsgate import __version__ as tlsgate_version
 from tlsgate.ca.local import LocalCA
@@ -267,15 +268,9 @@ backend app
     return start("haproxy", ["haproxy", "-f", str(cfg), "-db"], workdir)
 
 
-def start_tlsgate(
-    workdir: Path,
-    port: int,
-    backend_port: int,
-    cert_file: Path,
-    key_file: Path,
-    workers: int,
-) -> Managed:
-    """``tlsgate serve`` with one https listener in front of nginx; access log off."""
+def run_tlsgate(workdir: Path, workers: int, body: str) -> Managed:
+    """``tlsgate serve`` with ``body`` (certificates, listeners, backends) under a node
+    with ``workers`` workers, the access log off and errors to a file in ``workdir``."""
     data_dir = workdir / "tlsgate-data"
     data_dir.mkdir()
     error_log = workdir / "tlsgate-error.log"
@@ -291,7 +286,34 @@ workers = {workers}
 access = ""
 error = {json.dumps(str(error_log))}
 level = "warning"
+"""
+        + body
+    )
+    # The tlsgate console script of the interpreter running this benchmark
+    # (the project's .venv), not whatever is first on PATH.
+    exe = Path(sys.executable).parent / "tlsgate"
+    if not exe.exists():
+        raise BenchError(
+            f"{exe} not found: install the project (make venv) and run with its python"
+        )
+    server = start("tlsgate", [str(exe), "serve", "-c", str(config)], workdir)
+    server.extra_logs.append(error_log)
+    return server
 
+
+def start_tlsgate(
+    workdir: Path,
+    port: int,
+    backend_port: int,
+    cert_file: Path,
+    key_file: Path,
+    workers: int,
+) -> Managed:
+    """``tlsgate serve`` with one https listener in front of nginx; access log off."""
+    return run_tlsgate(
+        workdir,
+        workers,
+        f"""
 [[certificates]]
 name = "bench"
 domains = ["localhost"]
@@ -310,18 +332,8 @@ default_certificate = "bench"
 [[backends]]
 name = "nginx"
 servers = ["127.0.0.1:{backend_port}"]
-"""
+""",
     )
-    # The tlsgate console script of the interpreter running this benchmark
-    # (the project's .venv), not whatever is first on PATH.
-    exe = Path(sys.executable).parent / "tlsgate"
-    if not exe.exists():
-        raise BenchError(
-            f"{exe} not found: install the project (make venv) and run with its python"
-        )
-    server = start("tlsgate", [str(exe), "serve", "-c", str(config)], workdir)
-    server.extra_logs.append(error_log)
-    return server
 
 
 # --------------------------------------------------------------------------- wrk
@@ -548,20 +560,29 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     sys.exit(128 + signum)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def bench_main(
+    prog: str,
+    prefix: str,
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+) -> int:
+    """Run a benchmark, write its JSON report to ``<output_dir>/<prefix>-<time>.json``."""
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         report = run(args)
     except BenchError as exc:
-        print(f"bench_https: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 1
     args.output_dir.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = args.output_dir / f"https-{stamp}.json"
+    out = args.output_dir / f"{prefix}-{stamp}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"results written to {out}")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return bench_main("bench_https", "https", parse_args(argv), run)
 
 
 if __name__ == "__main__":

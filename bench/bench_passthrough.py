@@ -36,11 +36,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -53,8 +51,10 @@ from bench_https import (
     BenchError,
     Managed,
     WrkResult,
+    bench_main,
     free_port,
     parse_wrk,
+    run_tlsgate,
     servers,
     start,
     tool_version,
@@ -211,22 +211,10 @@ backend tls
 
 
 def start_tlsgate(workdir: Path, port: int, backend_port: int, workers: int) -> Managed:
-    data_dir = workdir / "tlsgate-data"
-    data_dir.mkdir()
-    error_log = workdir / "tlsgate-error.log"
-    config = workdir / "tlsgate.toml"
-    config.write_text(
+    return run_tlsgate(
+        workdir,
+        workers,
         f"""
-[node]
-name = "bench"
-data_dir = {json.dumps(str(data_dir))}
-workers = {workers}
-
-[log]
-access = ""
-error = {json.dumps(str(error_log))}
-level = "warning"
-
 [[listeners]]
 name = "passthrough"
 bind = ["127.0.0.1:{port}"]
@@ -241,16 +229,8 @@ backend = "tls"
 [[backends]]
 name = "tls"
 servers = ["127.0.0.1:{backend_port}"]
-"""
+""",
     )
-    exe = Path(sys.executable).parent / "tlsgate"
-    if not exe.exists():
-        raise BenchError(
-            f"{exe} not found: install the project (make venv) and run with its python"
-        )
-    server = start("tlsgate", [str(exe), "serve", "-c", str(config)], workdir)
-    server.extra_logs.append(error_log)
-    return server
 
 
 # --------------------------------------------------------------------------- measuring
@@ -489,25 +469,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    # SystemExit unwinds through the finally blocks that stop the servers.
-    sys.exit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    try:
-        report = run(args)
-    except BenchError as exc:
-        print(f"bench_passthrough: {exc}", file=sys.stderr)
-        return 1
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = args.output_dir / f"passthrough-{stamp}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"results written to {out}")
-    return 0
+    return bench_main("bench_passthrough", "passthrough", parse_args(argv), run)
 
 
 if __name__ == "__main__":
