@@ -14,17 +14,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from appserver import AppServer
 from harness import (
-    MAIN_NAMES,
     TLSGATE,
     AppFactory,
     AppProcess,
     AppProcFactory,
     GateFactory,
     Pki,
-    Tlsgate,
-    issue_files,
+    app_factory,
+    build_pki,
+    gate_factory,
 )
 
 from tlsgate.ca.local import LocalCA
@@ -37,16 +36,7 @@ def ca() -> LocalCA:
 
 @pytest.fixture(scope="session")
 def pki(ca: LocalCA, tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
-    ca_file, _ = ca.write(d)
-    return Pki(
-        ca=ca,
-        ca_file=ca_file,
-        ecdsa=issue_files(ca, d, "main-ecdsa", MAIN_NAMES, "ecdsa-p256"),
-        rsa=issue_files(ca, d, "main-rsa", MAIN_NAMES, "rsa-2048"),
-        other=issue_files(ca, d, "other", ("other.test",), "ecdsa-p256"),
-        fallback=issue_files(ca, d, "fallback", ("fallback.test",), "ecdsa-p256"),
-    )
+    return build_pki(ca, tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -57,16 +47,7 @@ def _tlsgate_installed() -> None:
 @pytest.fixture
 def make_app() -> Iterator[AppFactory]:
     """``make_app(name, ws=False)``: a started in-process app server."""
-    started: list[AppServer] = []
-
-    def make(name: str, *, ws: bool = False, host: str = "127.0.0.1") -> AppServer:
-        app = AppServer(name, host, ws=ws).start()
-        started.append(app)
-        return app
-
-    yield make
-    for app in started:
-        app.stop()
+    yield from app_factory()
 
 
 @pytest.fixture
@@ -87,13 +68,4 @@ def make_app_proc(tmp_path: Path) -> Iterator[AppProcFactory]:
 @pytest.fixture
 def make_gate(tmp_path: Path) -> Iterator[GateFactory]:
     """``make_gate(config, workers=1, ...)``: a started ``tlsgate serve``; killed at teardown."""
-    started: list[Tlsgate] = []
-
-    def make(config: str, **kw: object) -> Tlsgate:
-        gate = Tlsgate(tmp_path / f"gate{len(started)}", config, **kw)  # type: ignore[arg-type]
-        started.append(gate)
-        return gate.start()
-
-    yield make
-    for gate in started:
-        gate.kill()
+    yield from gate_factory(tmp_path)

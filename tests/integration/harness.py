@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -932,3 +932,47 @@ def sni_get(
 AppFactory = Callable[..., AppServer]
 AppProcFactory = Callable[..., AppProcess]
 GateFactory = Callable[..., Tlsgate]
+
+
+# The bodies of the fixtures that tests/integration and tests/peers both offer.
+
+
+def build_pki(ca: LocalCA, directory: Path) -> Pki:
+    """The CA file and the standard certificates, written into ``directory``."""
+    ca_file, _ = ca.write(directory)
+    return Pki(
+        ca=ca,
+        ca_file=ca_file,
+        ecdsa=issue_files(ca, directory, "main-ecdsa", MAIN_NAMES, "ecdsa-p256"),
+        rsa=issue_files(ca, directory, "main-rsa", MAIN_NAMES, "rsa-2048"),
+        other=issue_files(ca, directory, "other", ("other.test",), "ecdsa-p256"),
+        fallback=issue_files(ca, directory, "fallback", ("fallback.test",), "ecdsa-p256"),
+    )
+
+
+def gate_factory(workdir: Path) -> Iterator[GateFactory]:
+    """Yields ``make_gate(config, workers=1, ...)``; every gate it started is killed after."""
+    started: list[Tlsgate] = []
+
+    def make(config: str, **kw: object) -> Tlsgate:
+        gate = Tlsgate(workdir / f"gate{len(started)}", config, **kw)  # type: ignore[arg-type]
+        started.append(gate)
+        return gate.start()
+
+    yield make
+    for gate in started:
+        gate.kill()
+
+
+def app_factory() -> Iterator[AppFactory]:
+    """Yields ``make_app(name, ws=False, host=...)``; every app it started is stopped after."""
+    started: list[AppServer] = []
+
+    def make(name: str, *, ws: bool = False, host: str = "127.0.0.1") -> AppServer:
+        app = AppServer(name, host, ws=ws).start()
+        started.append(app)
+        return app
+
+    yield make
+    for app in started:
+        app.stop()

@@ -21,7 +21,14 @@ if str(_INTEGRATION) not in sys.path:
     sys.path.insert(0, str(_INTEGRATION))
 
 from appserver import AppServer  # noqa: E402
-from harness import MAIN_NAMES, TLSGATE, GateFactory, Pki, Tlsgate, issue_files  # noqa: E402
+from harness import (  # noqa: E402
+    TLSGATE,
+    GateFactory,
+    Pki,
+    app_factory,
+    build_pki,
+    gate_factory,
+)
 
 from peers.peers import Peer, require, start_haproxy, start_nginx  # noqa: E402
 from tlsgate.ca.local import LocalCA  # noqa: E402
@@ -45,46 +52,19 @@ def ca() -> LocalCA:
 
 @pytest.fixture(scope="session")
 def pki(ca: LocalCA, tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    d = tmp_path_factory.mktemp("pki")
-    ca_file, _ = ca.write(d)
-    return Pki(
-        ca=ca,
-        ca_file=ca_file,
-        ecdsa=issue_files(ca, d, "main-ecdsa", MAIN_NAMES, "ecdsa-p256"),
-        rsa=issue_files(ca, d, "main-rsa", MAIN_NAMES, "rsa-2048"),
-        other=issue_files(ca, d, "other", ("other.test",), "ecdsa-p256"),
-        fallback=issue_files(ca, d, "fallback", ("fallback.test",), "ecdsa-p256"),
-    )
+    return build_pki(ca, tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
 def make_gate(tmp_path: Path) -> Iterator[GateFactory]:
     """``make_gate(config, workers=1, ...)``: a started ``tlsgate serve``; killed at teardown."""
-    started: list[Tlsgate] = []
-
-    def make(config: str, **kw: object) -> Tlsgate:
-        gate = Tlsgate(tmp_path / f"gate{len(started)}", config, **kw)  # type: ignore[arg-type]
-        started.append(gate)
-        return gate.start()
-
-    yield make
-    for gate in started:
-        gate.kill()
+    yield from gate_factory(tmp_path)
 
 
 @pytest.fixture
 def make_app() -> Iterator[Callable[[str], AppServer]]:
     """``make_app(name)``: a started in-process app server (``/echo`` shows the headers)."""
-    started: list[AppServer] = []
-
-    def make(name: str) -> AppServer:
-        app = AppServer(name).start()
-        started.append(app)
-        return app
-
-    yield make
-    for app in started:
-        app.stop()
+    yield from app_factory()
 
 
 @pytest.fixture
