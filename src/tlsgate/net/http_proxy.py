@@ -37,9 +37,7 @@ import httptools
 from tlsgate.errors import (
     ClientProtocolError,
     NoServerAvailable,
-    UpstreamConnectError,
     UpstreamError,
-    UpstreamTimeout,
 )
 from tlsgate.net.connect import connect_to_backend
 from tlsgate.net.l4 import client_address_of, proxy_header_for
@@ -59,8 +57,6 @@ BUFFER_HIGH_WATER = 256 * 1024
 # More pipelined requests than this waiting: stop reading until some are answered.
 MAX_PIPELINE = 32
 TRANSPORT_HIGH_WATER = 256 * 1024
-
-_STATUS_FOR_ERROR = {UpstreamTimeout: 504, UpstreamConnectError: 502}
 
 
 class Exchange:
@@ -89,6 +85,7 @@ class Exchange:
         self.backend: BackendRuntime | None = None
         self.server: ServerRuntime | None = None
         self.upstream: UpstreamConnection | None = None
+        self.reused = False  # the upstream connection came from the keep-alive pool
         self.started = False
         self.finished = False
         self.head_sent_upstream = False
@@ -306,8 +303,7 @@ class Exchange:
         self.response_started = True
         self.upstream_keep_alive = keep_alive
         if status == 101 and not self.upgrade:
-            raise_after = "server switched protocols without an upgrade request"
-            self.error_detail = raise_after
+            self.error_detail = "server switched protocols without an upgrade request"
             self.client_keep_alive = False
         if self.upgrade and status != 101:
             # the request parser is in upgrade mode: this connection can't carry more requests
@@ -380,7 +376,7 @@ class Exchange:
         server = self.server
         if (
             self.upstream is not None
-            and getattr(self, "reused", False)
+            and self.reused
             and not self.response_started
             and not self.stale_retry_done
             and self.info is not None
@@ -427,12 +423,8 @@ class Exchange:
         return self.backend.name if self.backend else "-"
 
     def fail_upstream(self, error: UpstreamFailure) -> None:
-        status = 502
-        for cls, code in _STATUS_FOR_ERROR.items():
-            if isinstance(error, cls):
-                status = code
-        if error.status_hint in (502, 503, 504):
-            status = error.status_hint
+        # each error knows its status: 504 for timeouts, 503 for no server, else 502
+        status = error.status_hint if error.status_hint in (502, 503, 504) else 502
         log.warning("backend %s: answering %d: %s", self._backend_name(), status, error)
         self.fail_local(status, str(error))
 
