@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tlsgate.certs.bundle import CertificateBundle
+from tlsgate.certs.tickets import TicketKeys
 from tlsgate.config.model import BindAddress, Config
 
 _HEADER = struct.Struct("!II")
@@ -42,6 +43,8 @@ class Configure:
     """Build a runtime from ``config`` and serve on the sockets that come with this message.
 
     ``binds`` names, in order, the listening sockets attached as descriptors.
+    ``ticket_keys``: the node's session ticket secret, the same for every worker
+    and every generation until a :class:`RotateTicketKeys` replaces it.
     """
 
     generation: int
@@ -49,6 +52,7 @@ class Configure:
     bundles: tuple[CertificateBundle, ...]
     binds: tuple[BindAddress, ...]
     health: dict[tuple[str, str], bool] = field(default_factory=dict)
+    ticket_keys: TicketKeys | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,13 @@ class Challenges:
 
 
 @dataclass(frozen=True)
+class RotateTicketKeys:
+    """Encrypt session tickets with ``keys`` from now on, on every current and future context."""
+
+    keys: TicketKeys
+
+
+@dataclass(frozen=True)
 class Stop:
     """Stop accepting, finish in-flight work within ``timeout`` seconds, exit."""
 
@@ -90,7 +101,7 @@ class Configured:
     error: str = ""
 
 
-Message = Configure | HealthUpdate | Challenges | Stop | Configured
+Message = Configure | HealthUpdate | Challenges | RotateTicketKeys | Stop | Configured
 
 
 class Channel:

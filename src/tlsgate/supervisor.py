@@ -16,6 +16,10 @@ How this works:
 * SIGTERM/SIGINT: tell every worker to drain within ``node.shutdown_timeout``,
   wait for them, exit.
 * Health checks run here and changes are pushed to every worker.
+* TLS session tickets: the supervisor makes the node's ticket secret at start
+  (``tlsgate.certs.tickets``), sends it with every ``Configure`` so that all
+  workers, and every generation after a reload, encrypt tickets with the same
+  key, and replaces it every ``node.ticket_key_rotation``. It stays in memory.
 """
 
 from __future__ import annotations
@@ -35,11 +39,21 @@ import uvloop
 
 from tlsgate.certs.bundle import CertificateBundle, load_bundles
 from tlsgate.certs.manager import CertificateManager
+from tlsgate.certs.tickets import TicketKeys, ticket_key_support
 from tlsgate.config.loader import load_config
 from tlsgate.config.model import BindAddress, Config
 from tlsgate.errors import CertificateError, ConfigError, StoreError, TlsgateError
 from tlsgate.features import unsupported_features
-from tlsgate.ipc import Challenges, Channel, Configure, Configured, HealthUpdate, Message, Stop
+from tlsgate.ipc import (
+    Challenges,
+    Channel,
+    Configure,
+    Configured,
+    HealthUpdate,
+    Message,
+    RotateTicketKeys,
+    Stop,
+)
 from tlsgate.logs import setup_error_log
 from tlsgate.net.health_check import HealthChecker
 from tlsgate.store import Store, open_store
@@ -128,6 +142,10 @@ class Supervisor:
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop_event: asyncio.Event | None = None
         self._reload_lock: asyncio.Lock | None = None
+        # memory only, never logged; None where OpenSSL can't take it (warned once, here)
+        self.ticket_keys = TicketKeys.generate() if ticket_key_support(warn=True) is None else None
+        self._ticket_keys_born = time.monotonic()
+        self._ticket_rotation: asyncio.Task[None] | None = None
 
     def is_stopping(self) -> bool:
         return self.stopping
@@ -202,6 +220,7 @@ class Supervisor:
             bundles=self.served_bundles(),
             binds=tuple(binds),
             health=dict(self.health),
+            ticket_keys=self.ticket_keys,
         )
         try:
             handle.channel.send(msg, [slot_socks[b].fileno() for b in binds])
@@ -331,7 +350,7 @@ class Supervisor:
             self.tls_alpn01[name] = cert_and_key
         self._broadcast(Challenges(dict(self.http01), dict(self.tls_alpn01)))
 
-    def _broadcast(self, msg: Challenges | HealthUpdate) -> None:
+    def _broadcast(self, msg: Challenges | HealthUpdate | RotateTicketKeys) -> None:
         for handle in list(self.workers.values()):
             # a dead worker gets the full state when it is respawned
             with contextlib.suppress(OSError):
@@ -354,6 +373,30 @@ class Supervisor:
                 log.error("certificate update: %s", e)
             if not errors:
                 log.info("certificates updated: generation %d", self.generation)
+
+    # ---- session ticket keys -------------------------------------------------------------
+
+    def _schedule_ticket_rotation(self) -> None:
+        """(Re)start the rotation timer for the current ``node.ticket_key_rotation``."""
+        if self._ticket_rotation is not None:
+            self._ticket_rotation.cancel()
+        if self.ticket_keys is None:
+            return  # per-worker keys: nothing shared to rotate
+        assert self.loop is not None
+        self._ticket_rotation = self.loop.create_task(
+            self._rotate_ticket_keys(self.config.node.ticket_key_rotation)
+        )
+
+    async def _rotate_ticket_keys(self, interval: float) -> None:
+        while not self.stopping:
+            await asyncio.sleep(max(0.0, self._ticket_keys_born + interval - time.monotonic()))
+            if self.is_stopping():
+                return
+            self.ticket_keys = TicketKeys.generate()
+            self._ticket_keys_born = time.monotonic()
+            # a worker that misses this (dead) gets the keys with its next Configure
+            self._broadcast(RotateTicketKeys(self.ticket_keys))
+            log.info("TLS session ticket key rotated (next in %gs)", interval)
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -381,6 +424,7 @@ class Supervisor:
         self.loop.add_signal_handler(signal.SIGINT, self._stop_event.set)
         self._sync_health_checkers()
         self._run_manager()
+        self._schedule_ticket_rotation()
         watcher = self.loop.create_task(self._watch_children())
         listeners = ", ".join(
             f"{lc.name} ({lc.protocol}) on {', '.join(str(b) for b in lc.bind)}"
@@ -435,6 +479,8 @@ class Supervisor:
         self.config, self.bundles = config, bundles
         self.generation += 1
         self._sync_health_checkers()
+        if config.node.ticket_key_rotation != old_config.node.ticket_key_rotation:
+            self._schedule_ticket_rotation()  # the key itself stays
         futs = [self._configure(h) for slot, h in self.workers.items() if slot < n_new]
         for slot in range(n_old, n_new):
             futs.append(self._configure(self._spawn(slot)))
@@ -463,6 +509,8 @@ class Supervisor:
         self.stopping = True
         if self._manager_task is not None:
             self._manager_task.cancel()
+        if self._ticket_rotation is not None:
+            self._ticket_rotation.cancel()
         for checker in self.checkers.values():
             checker.stop()
         for handle in self.workers.values():

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Literal
 
 from tlsgate.certs.bundle import CertificateBundle
+from tlsgate.certs.tickets import set_ticket_key
 from tlsgate.errors import CertificateError
 from tlsgate.routing.hosts import NameMap
 
@@ -65,6 +66,7 @@ def make_server_context(
     *,
     min_version: Literal["1.2", "1.3"] = "1.2",
     alpn: Sequence[str] = ("http/1.1",),
+    ticket_key: bytes | None = None,
 ) -> ssl.SSLContext:
     """A server context serving every bundle in ``bundles`` (e.g. ECDSA + RSA).
 
@@ -73,11 +75,13 @@ def make_server_context(
 
     Policy: TLS 1.2 or 1.3 only; TLS 1.2 suites are :data:`TLS12_CIPHERS`;
     server cipher preference; no compression (CRIME); no renegotiation;
-    session tickets on, with OpenSSL's per-process ticket keys (each worker
-    has its own, so a resumption lands only on the worker that issued the
-    ticket). Key exchange groups are OpenSSL 3's defaults (X25519, P-256,
-    X448, P-521, P-384): Python 3.11 can set a single curve only, and
-    narrowing to one would drop X25519.
+    session tickets on (TLS 1.2 and 1.3; OpenSSL's default of two tickets
+    per TLS 1.3 handshake, lifetime 2 h), encrypted with ``ticket_key`` (80
+    bytes, see :mod:`tlsgate.certs.tickets`) so that every worker holding the
+    same key resumes them; without one, or where the key cannot be set, with
+    OpenSSL's random key for this context alone. Key exchange groups are
+    OpenSSL 3's defaults (X25519, P-256, X448, P-521, P-384): Python 3.11 can
+    set a single curve only, and narrowing to one would drop X25519.
 
     Raises:
         CertificateError: a bundle's PEM could not be loaded by OpenSSL.
@@ -95,6 +99,8 @@ def make_server_context(
             continue
         seen.add(bundle.key_type)
         _load_bundle_into(ctx, bundle)
+    if ticket_key is not None:
+        set_ticket_key(ctx, ticket_key)
     return ctx
 
 
@@ -149,7 +155,8 @@ class CertificateCache:
             (different key types) gets one context holding all of them.
         default: the bundle name served when the SNI matches nothing or is
             absent; None = the first bundle.
-        min_version / alpn: see :func:`make_server_context`.
+        min_version / alpn / ticket_key: see :func:`make_server_context`; the
+            ticket key is set on every context the SNI callback can switch to.
 
     Raises:
         CertificateError: ``bundles`` is empty, ``default`` names no bundle, or
@@ -163,6 +170,7 @@ class CertificateCache:
         default: str | None,
         min_version: Literal["1.2", "1.3"] = "1.2",
         alpn: Sequence[str] = ("http/1.1",),
+        ticket_key: bytes | None = None,
     ) -> None:
         if not bundles:
             raise CertificateError("no certificates to serve")
@@ -191,7 +199,9 @@ class CertificateCache:
         def context_for(group: Sequence[CertificateBundle]) -> ssl.SSLContext:
             key = tuple(b.name for b in group)
             if key not in contexts:
-                contexts[key] = make_server_context(group, min_version=min_version, alpn=alpn)
+                contexts[key] = make_server_context(
+                    group, min_version=min_version, alpn=alpn, ticket_key=ticket_key
+                )
             return contexts[key]
 
         self._names: NameMap[ssl.SSLContext] = NameMap()
@@ -220,6 +230,11 @@ class CertificateCache:
     def base_context(self) -> ssl.SSLContext:
         """The context to hand to ``create_server(ssl=...)``; SNI switching is installed."""
         return self._default
+
+    def set_ticket_key(self, ticket_key: bytes) -> None:
+        """Encrypt session tickets with a new key from now on (a rotation), on every context."""
+        for ctx in self._contexts:
+            set_ticket_key(ctx, ticket_key)
 
     def lookup(self, server_name: str | None) -> ssl.SSLContext:
         """The context serving ``server_name``; the default for None or unknown names."""

@@ -80,7 +80,7 @@ _ARRAY_SECTIONS = frozenset({"certificates", "listeners", "routes", "backends"})
 # any unknown key, but with a message that says why.
 _UNSUPPORTED_SECTIONS = ("admin", "ca")
 
-_NODE_KEYS = ("name", "data_dir", "workers", "shutdown_timeout")
+_NODE_KEYS = ("name", "data_dir", "workers", "shutdown_timeout", "ticket_key_rotation")
 _LOG_KEYS = ("access", "error", "level")
 _STORE_KEYS = ("url", "key_file")
 _ACME_KEYS = (
@@ -1203,8 +1203,16 @@ class _Loader:
         data_dir = self._path(table, "data_dir") or Path("/var/lib/tlsgate")
         workers = table.integer("workers", 0, minimum=0, maximum=_MAX_WORKERS)
         shutdown_timeout = table.duration("shutdown_timeout", 30.0, allow_zero=True)
+        ticket_key_rotation = table.duration("ticket_key_rotation", 43200.0)
+        if 0 < ticket_key_rotation < 1.0:
+            table.add("ticket_key_rotation", "must be at least '1s'; the default is '12h'")
+            ticket_key_rotation = 43200.0
         return NodeConfig(
-            name=name, data_dir=data_dir, workers=workers, shutdown_timeout=shutdown_timeout
+            name=name,
+            data_dir=data_dir,
+            workers=workers,
+            shutdown_timeout=shutdown_timeout,
+            ticket_key_rotation=ticket_key_rotation,
         )
 
     def _log(self, table: _Table) -> LogConfig:
@@ -2009,7 +2017,7 @@ class _Loader:
             pool_idle_timeout=table.duration("pool_idle_timeout", 2.0),
             fail_timeout=table.duration("fail_timeout", 10.0),
             retries=table.integer("retries", 2, minimum=0),
-            max_idle_per_server=table.integer("max_idle_per_server", 32, minimum=0),
+            max_idle_per_server=table.integer("max_idle_per_server", 256, minimum=0),
             max_fails=table.integer("max_fails", 1, minimum=1),
         )
         return backend, path

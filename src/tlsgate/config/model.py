@@ -50,6 +50,7 @@ class NodeConfig:
     data_dir: Path
     workers: int = 0  # 0 = one per CPU core
     shutdown_timeout: float = 30.0  # SIGTERM: how long in-flight requests may finish
+    ticket_key_rotation: float = 43200.0  # a new TLS session ticket key this often (12 h)
 
 
 @dataclass(frozen=True)
@@ -205,7 +206,7 @@ class BackendConfig:
     connect_timeout: float = 5.0
     read_timeout: float = 60.0  # max silence while waiting for / reading a response
     retries: int = 2  # other servers tried when a connect fails and nothing was sent
-    max_idle_per_server: int = 32  # keep-alive pool size per server, per worker
+    max_idle_per_server: int = 256  # keep-alive pool size per server, per worker
     pool_idle_timeout: float = 2.0  # pooled connections idle longer than this are closed
     fail_timeout: float = 10.0  # passive ejection: how long a failing server is skipped
     max_fails: int = 1  # passive ejection: consecutive connect failures before ejection

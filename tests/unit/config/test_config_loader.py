@@ -819,6 +819,20 @@ def test_node_problems() -> None:
     }
 
 
+def test_ticket_key_rotation() -> None:
+    assert parse_config(BACKEND + listener(), SOURCE).node.ticket_key_rotation == 12 * 3600.0
+    text = '[node]\nticket_key_rotation = "1h"\n' + BACKEND + listener()
+    assert parse_config(text, SOURCE).node.ticket_key_rotation == 3600.0
+    for value, fragment in [
+        ('"500ms"', "must be at least '1s'"),
+        ('"0"', "must be longer than zero"),
+        ("3600", 'write ticket_key_rotation = "3600s"'),
+    ]:
+        problem = only_problem(f"[node]\nticket_key_rotation = {value}\n" + BACKEND + listener())
+        assert problem.key_path == "node.ticket_key_rotation"
+        assert fragment in problem.message
+
+
 @pytest.mark.parametrize(
     ("log", "path", "fragment"),
     [
@@ -2281,7 +2295,8 @@ def _toml_document(data: dict[str, TomlValue]) -> str:
 KNOWN_KEYS = sorted(
     {
         "node", "log", "store", "certificates", "listeners", "routes", "backends", "acme",
-        "name", "data_dir", "workers", "shutdown_timeout", "access", "error", "level", "url",
+        "name", "data_dir", "workers", "shutdown_timeout", "ticket_key_rotation", "access",
+        "error", "level", "url",
         "key_file", "domains", "issuer", "cert_file", "bind", "protocol", "backend",
         "accept_proxy_protocol", "trusted_proxies", "client_ip_header", "hsts",
         "redirect_https", "redirect_port", "default_certificate", "min_tls_version",

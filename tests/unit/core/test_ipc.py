@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from tlsgate.certs.tickets import TicketKeys
 from tlsgate.config.model import BindAddress
-from tlsgate.ipc import Channel, Configured, HealthUpdate, Stop
+from tlsgate.ipc import Channel, Configured, HealthUpdate, RotateTicketKeys, Stop
 
 
 def _pair() -> tuple[Channel, Channel]:
@@ -67,6 +68,23 @@ def test_large_message_is_reassembled() -> None:
         received += rx.receive_available()
     t.join()
     assert received[0][0] == big
+    tx.close()
+    rx.close()
+
+
+def test_ticket_keys_travel_intact_and_never_show() -> None:
+    tx, rx = _pair()
+    keys = TicketKeys.generate()
+    tx.send(RotateTicketKeys(keys))
+    received: list[tuple[object, list[int]]] = []
+    while not received:
+        received += rx.receive_available()
+    message = received[0][0]
+    assert isinstance(message, RotateTicketKeys)
+    assert message.keys.secret == keys.secret
+    assert message.keys.for_listener("https") == keys.for_listener("https")
+    assert keys.secret.hex() not in repr(message)
+    assert repr(keys.secret) not in repr(message)
     tx.close()
     rx.close()
 
