@@ -26,45 +26,38 @@ import signal
 import socket
 import ssl
 import sys
-import time
-from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Coroutine
+from typing import Any
 
 import uvloop
 
 from tlsgate.certs.bundle import bundle_from_pem
 from tlsgate.certs.cache import make_server_context
+from tlsgate.certs.tickets import TicketKeys
 from tlsgate.config.model import BindAddress, Config
 from tlsgate.errors import CertificateError
-from tlsgate.ipc import Challenges, Channel, Configure, Configured, HealthUpdate, Message, Stop
-from tlsgate.logs import AccessLog, setup_error_log
-from tlsgate.net.http_proxy import ClientConnection
-from tlsgate.net.l4 import (
-    ACME_TLS_ALPN,
-    Acceptor,
-    Address,
-    L4Session,
-    accept_http_with_preamble,
+from tlsgate.ipc import (
+    Challenges,
+    Channel,
+    Configure,
+    Configured,
+    HealthUpdate,
+    Message,
+    RotateTicketKeys,
+    Stop,
 )
-from tlsgate.net.runtime import ListenerRuntime, Runtime
-
-if TYPE_CHECKING:
-    from tlsgate.net.http_proxy import Exchange
+from tlsgate.logs import AccessLog, setup_error_log
+from tlsgate.net.context import Drainable
+from tlsgate.net.deadlines import Deadlines
+from tlsgate.net.listener import ACME_TLS_ALPN, Closable, serve
+from tlsgate.net.runtime import Runtime
 
 log = logging.getLogger("tlsgate.worker")
 
 
-class Closable(Protocol):
-    def close(self) -> None: ...
-
-
-class Drainable(Protocol):
-    def drain(self) -> None: ...
-    def abort(self) -> None: ...
-
-
 class Worker:
+    """One worker process's state; implements ``net.context.ServeContext``."""
+
     def __init__(self, loop: asyncio.AbstractEventLoop, channel: Channel, slot: int) -> None:
         self.loop = loop
         self.channel = channel
@@ -77,10 +70,13 @@ class Worker:
         self.health: dict[tuple[str, str], bool] = {}
         self.draining = False
         self.done = loop.create_future()
-        self._access = AccessLog("")
+        self.access = AccessLog("")
+        self.deadlines = Deadlines(loop)
         self._tasks: set[asyncio.Task[None]] = set()
         self.acme_http01: dict[str, str] = {}
+        self._serving_tls_alpn01 = False  # whether https listeners peek at ClientHellos
         self._tls_alpn01_contexts: dict[str, ssl.SSLContext] = {}
+        self.ticket_keys: TicketKeys | None = None  # the node's, from the supervisor
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a task the worker keeps a reference to (asyncio holds tasks weakly)."""
@@ -93,7 +89,11 @@ class Worker:
     def on_message(self, message: Message, fds: list[int]) -> None:
         if isinstance(message, Configure):
             self._adopt_sockets(message.binds, fds)
+            self.ticket_keys = message.ticket_keys
             self.spawn(self.configure(message))
+        elif isinstance(message, RotateTicketKeys):
+            self.ticket_keys = message.keys
+            self._apply_ticket_keys()
         elif isinstance(message, HealthUpdate):
             self.health[(message.backend, message.server)] = message.healthy
             if self.runtime is not None:
@@ -105,6 +105,14 @@ class Worker:
         else:
             for fd in fds:
                 os.close(fd)
+
+    def _apply_ticket_keys(self) -> None:
+        """A rotation: the current runtime's contexts encrypt tickets with the new key."""
+        if self.runtime is None or self.ticket_keys is None:
+            return
+        for lr in self.runtime.listeners.values():
+            if lr.certificates is not None:
+                lr.certificates.set_ticket_key(self.ticket_keys.for_listener(lr.name))
 
     def on_channel_eof(self) -> None:
         if not self.draining:
@@ -126,7 +134,8 @@ class Worker:
     async def configure(self, msg: Configure) -> None:
         try:
             self.health.update(msg.health)
-            runtime = Runtime.build(msg.generation, msg.config, msg.bundles, self.health)
+            keys = self.ticket_keys
+            runtime = Runtime.build(msg.generation, msg.config, msg.bundles, self.health, keys)
             setup_error_log(msg.config.log, f"worker {self.slot}")
             await self._serve(runtime)
         except Exception as exc:  # report any build failure; keep serving the old graph
@@ -134,9 +143,11 @@ class Worker:
             self._reply(Configured(self.slot, msg.generation, error=f"{type(exc).__name__}: {exc}"))
             return
         old, self.runtime = self.runtime, runtime
+        if self.ticket_keys is not keys:  # rotated while this runtime was being built
+            self._apply_ticket_keys()
         if self.config is None or self.config.log.access != msg.config.log.access:
-            self._access.close()
-            self._access = AccessLog(msg.config.log.access)
+            self.access.close()
+            self.access = AccessLog(msg.config.log.access, self.loop)
         self.config = msg.config
         if old is not None:
             old.retire()
@@ -144,60 +155,22 @@ class Worker:
 
     async def _serve(self, runtime: Runtime) -> None:
         new_servers: list[Closable] = []
-        acme = runtime.config.acme
-        tls_alpn = acme is not None and "tls-alpn-01" in acme.challenges
+        tls_alpn01 = bool(self._tls_alpn01_contexts)
         try:
             for lc in runtime.config.listeners:
                 lr = runtime.listeners[lc.name]
                 for bind in lc.bind:
-                    base = self.sockets[bind]
-                    sock = base.dup()
-                    tls = lc.protocol == "https"
-                    server: Closable
-                    if lc.protocol in ("tcp", "tls-passthrough"):
-                        acceptor = Acceptor(self.loop, sock, lc.name, self._l4_factory(lr))
-                        acceptor.start()
-                        server = acceptor
-                    elif lc.accept_proxy_protocol or (tls and tls_alpn):
-                        acceptor = Acceptor(
-                            self.loop,
-                            sock,
-                            lc.name,
-                            self._preamble_http_factory(lr, tls, want_hello=tls and tls_alpn),
-                        )
-                        acceptor.start()
-                        server = acceptor
-                    else:
-                        assert not tls or lr.certificates is not None
-                        server = await self.loop.create_server(
-                            _factory(self, lr, tls),
-                            sock=sock,
-                            ssl=lr.certificates.base_context if lr.certificates else None,
-                            ssl_handshake_timeout=lc.limits.tls_handshake_timeout if tls else None,
-                            backlog=4096,
-                        )
-                    new_servers.append(server)
+                    new_servers.append(
+                        await serve(self, lr, self.sockets[bind].dup(), tls_alpn01=tls_alpn01)
+                    )
         except BaseException:
             for s in new_servers:
                 s.close()
             raise
         old, self.servers = self.servers, new_servers
+        self._serving_tls_alpn01 = tls_alpn01
         for s in old:
             s.close()
-
-    def _l4_factory(self, lr: ListenerRuntime) -> Callable[[socket.socket, Address], None]:
-        def accept(sock: socket.socket, peer: Address) -> None:
-            L4Session(self, lr, sock, peer).start()
-
-        return accept
-
-    def _preamble_http_factory(
-        self, lr: ListenerRuntime, tls: bool, *, want_hello: bool
-    ) -> Callable[[socket.socket, Address], None]:
-        def accept(sock: socket.socket, peer: Address) -> None:
-            accept_http_with_preamble(self, lr, tls, sock, peer, want_hello=want_hello)
-
-        return accept
 
     # ---- ACME challenges ------------------------------------------------------------------
 
@@ -216,6 +189,17 @@ class Worker:
                     "worker %d: unusable TLS-ALPN-01 certificate for %s: %s", self.slot, name, exc
                 )
         self._tls_alpn01_contexts = contexts
+        if bool(contexts) != self._serving_tls_alpn01 and self.runtime is not None:
+            # https listeners peek at ClientHellos only while a challenge is pending
+            self.spawn(self._reserve(self.runtime))
+
+    async def _reserve(self, runtime: Runtime) -> None:
+        if runtime is not self.runtime or self.draining:
+            return
+        try:
+            await self._serve(runtime)
+        except Exception:
+            log.exception("worker %d: could not switch the https accept path", self.slot)
 
     def _reply(self, message: Configured) -> None:
         try:
@@ -223,41 +207,11 @@ class Worker:
         except OSError:
             self.on_channel_eof()
 
-    # ---- connections & access log ------------------------------------------------------------
+    # ---- connections ------------------------------------------------------------
 
     def connection_closed(self) -> None:
         if self.draining and not self.connections and not self.done.done():
             self.done.set_result(None)
-
-    def write_access(self, entry: dict[str, Any]) -> None:
-        self._access.write(entry)
-
-    def access_log(self, ex: Exchange) -> None:
-        conn = ex.conn
-        info = ex.info
-        now = time.monotonic()
-        entry: dict[str, Any] = {
-            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-            "client_ip": conn.client_ip,
-            "peer_ip": conn.proxy_peer or conn.peer_ip,
-            "listener": conn.listener.name,
-            "sni": conn.sni,
-            "tls_version": conn.tls_version,
-            "method": info.method.decode("latin-1") if info else None,
-            "host": info.host if info else None,
-            "path": info.path if info else None,
-            "status": ex.status,
-            "bytes_in": ex.body_received,
-            "bytes_out": ex.bytes_out,
-            "backend": ex.backend.name if ex.backend else None,
-            "server": ex.server.key if ex.server else None,
-            "upstream_duration_ms": round(ex.upstream_ms, 3) if ex.upstream_ms >= 0 else None,
-            "duration_ms": round((now - ex.t_start) * 1000.0, 3),
-            "worker": self.slot,
-        }
-        if ex.error_detail:
-            entry["error"] = ex.error_detail
-        self._access.write(entry)
 
     # ---- shutdown ----------------------------------------------------------------------------
 
@@ -297,13 +251,6 @@ class Worker:
             self.done.set_result(None)
 
 
-def _factory(worker: Worker, listener: ListenerRuntime, tls: bool) -> Any:
-    def make() -> ClientConnection:
-        return ClientConnection(worker, listener, tls)
-
-    return make
-
-
 def _log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     # A bug in one connection's callbacks must be visible and must not end the worker.
     exc = context.get("exception")
@@ -336,6 +283,8 @@ async def _main(ipc_fd: int, slot: int) -> int:
     await worker.done
     for s in worker.sockets.values():
         s.close()
+    worker.access.close()  # writes the lines still batched
+    worker.deadlines.close()
     return 0
 
 

@@ -12,7 +12,6 @@ import asyncio
 import logging
 import os
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -87,7 +86,9 @@ async def connect_to_backend(
             return server, conn, False
         server.state.active -= 1
         ejected = server.state.record_failure(
-            time.monotonic(), max_fails=cfg.max_fails, fail_timeout=cfg.fail_timeout
+            asyncio.get_running_loop().time(),
+            max_fails=cfg.max_fails,
+            fail_timeout=cfg.fail_timeout,
         )
         log.warning(
             "backend %s: %s%s",

@@ -1,11 +1,7 @@
-"""Layer 4: accepting by hand, reading preambles by peeking, and splicing bytes.
+"""Layer 4: reading preambles by peeking, and splicing bytes.
 
-How this works:
+How this works (connections come from ``net.listener``'s ``Acceptor``):
 
-* ``Acceptor`` accepts from a listening socket on the event loop. It serves
-  ``tcp`` and ``tls-passthrough`` listeners, and ``http``/``https`` listeners
-  that take a PROXY header (TLS must not start before the header is read).
-  It backs off for a moment on EMFILE/ENFILE instead of spinning.
 * ``Preamble`` reads what comes before the payload: the PROXY header (only
   from ``trusted_proxies``; PROXY spec §5: never auto-detected) and, on
   tls-passthrough listeners, the ClientHello. It *peeks* (``MSG_PEEK``) and
@@ -29,108 +25,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import ipaddress
 import logging
 import os
 import socket
-import ssl
-import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tlsgate.errors import RemoteProtocolError, UpstreamError
+from tlsgate.logs import AccessRecord
 from tlsgate.net.connect import connect_to_backend
+from tlsgate.net.context import ServeContext
 from tlsgate.proto.clienthello import ClientHello, parse_client_hello
 from tlsgate.proto.common import NeedMoreData
 from tlsgate.proto.proxy_protocol import (
-    PP2_TYPE_ALPN,
-    PP2_TYPE_AUTHORITY,
     ProxyHeader,
-    build_v1,
-    build_v2,
+    client_address_of,
     parse_proxy_header,
+    proxy_header_for,
 )
 
 if TYPE_CHECKING:
     from tlsgate.net.runtime import BackendRuntime, ListenerRuntime, ServerRuntime
-    from tlsgate.worker import Worker
 
 log = logging.getLogger("tlsgate.l4")
 
-_ACCEPT_BATCH = 64
-_ACCEPT_BACKOFF = 0.5
 _PROXY_MAX = 16 + 4096 + 232  # v2 fixed part + TLV cap + largest address block (v1 is <= 107)
 _SPLICE_CHUNK = 1 << 16
 _SPLICE_FLAGS = os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE
-_RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 Address = tuple[str, int]
 
 
 def _addr(sockaddr: Any) -> Address:
     return (str(sockaddr[0]), int(sockaddr[1])) if sockaddr else ("", 0)
-
-
-class Acceptor:
-    """Accepts connections on the event loop and passes each to ``on_accept``."""
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
-        name: str,
-        on_accept: Callable[[socket.socket, Address], None],
-    ) -> None:
-        self.loop = loop
-        self.sock = sock
-        self.name = name
-        self.on_accept = on_accept
-        self.closed = False
-        self._resume: asyncio.TimerHandle | None = None
-        sock.setblocking(False)
-
-    def start(self) -> None:
-        self.loop.add_reader(self.sock.fileno(), self._ready)
-
-    def _ready(self) -> None:
-        for _ in range(_ACCEPT_BATCH):
-            try:
-                conn, peer = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in _RESOURCE_ERRNOS:
-                    # out of descriptors/memory: pause accepting instead of spinning on it
-                    log.error(
-                        "listener %s: accept failed (%s); pausing accepts for %gs",
-                        self.name,
-                        exc.strerror,
-                        _ACCEPT_BACKOFF,
-                    )
-                    self.loop.remove_reader(self.sock.fileno())
-                    self._resume = self.loop.call_later(_ACCEPT_BACKOFF, self._resume_accepting)
-                elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO):
-                    log.warning("listener %s: accept failed: %s", self.name, exc)
-                return
-            conn.setblocking(False)
-            self.on_accept(conn, _addr(peer))
-
-    def _resume_accepting(self) -> None:
-        self._resume = None
-        if not self.closed:
-            self.start()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        if self._resume is not None:
-            self._resume.cancel()
-        with contextlib.suppress(ValueError, OSError):
-            self.loop.remove_reader(self.sock.fileno())
-        self.sock.close()
 
 
 class PreambleError(Exception):
@@ -256,26 +184,6 @@ class Preamble:
             self._need(hello.at_least or len(data) + 1)
             return
         self._finish(hello, None)
-
-
-def proxy_header_for(
-    version: str,
-    client: Address,
-    local: Address,
-    *,
-    sni: str | None,
-    alpn: str | None,
-    crc32c: bool,
-) -> bytes:
-    """The PROXY header a backend gets: the real client, and for v2 ALPN + authority TLVs."""
-    if version == "v1":
-        return build_v1(client, local)
-    tlvs: list[tuple[int, bytes]] = []
-    if alpn:
-        tlvs.append((PP2_TYPE_ALPN, alpn.encode("latin-1")))
-    if sni:
-        tlvs.append((PP2_TYPE_AUTHORITY, sni.encode("ascii")))
-    return build_v2(client, local, tlvs=tlvs, crc32c=crc32c)
 
 
 class _Direction:
@@ -411,12 +319,12 @@ class L4Session:
 
     def __init__(
         self,
-        worker: Worker,
+        ctx: ServeContext,
         listener: ListenerRuntime,
         sock: socket.socket,
         peer: Address,
     ) -> None:
-        self.worker = worker
+        self.ctx = ctx
         self.listener = listener
         self.sock = sock
         self.peer = peer
@@ -429,7 +337,7 @@ class L4Session:
         self.upstream: socket.socket | None = None
         self.splicer: Splicer | None = None
         self.preamble: Preamble | None = None
-        self.t_start = time.monotonic()
+        self.t_start = ctx.loop.time()
         self.closed = False
         self.reason = ""
         self.tried: set[str] = set()
@@ -439,7 +347,7 @@ class L4Session:
     def start(self) -> None:
         lc = self.listener.config
         self.listener.connections.add(self)
-        self.worker.connections.add(self)
+        self.ctx.connections.add(self)
         if len(self.listener.connections) > lc.limits.max_connections:
             self.finish(f"max_connections ({lc.limits.max_connections}) reached")
             return
@@ -451,7 +359,7 @@ class L4Session:
             self.routed()
             return
         self.preamble = Preamble(
-            self.worker.loop,
+            self.ctx.loop,
             self.sock,
             want_proxy=lc.accept_proxy_protocol,
             want_hello=want_hello,
@@ -480,7 +388,7 @@ class L4Session:
     def _fallback(self, why: str) -> None:
         lc = self.listener.config
         fb = lc.fallback_backend
-        runtime = self.worker.runtime
+        runtime = self.ctx.runtime
         if fb and runtime is not None and fb in runtime.backends:
             log.info(
                 "listener %s: %s from %s; sending it to fallback backend %s",
@@ -491,7 +399,7 @@ class L4Session:
             )
             self.reason = why
             self.backend = runtime.backends[fb]
-            self.worker.spawn(self._connect())
+            self.ctx.spawn(self._connect())
             return
         log.info("listener %s: closing a connection from %s: %s", lc.name, self.client[0], why)
         self.finish(why)
@@ -513,13 +421,13 @@ class L4Session:
                 self.finish("no backend")
                 return
         self.backend = backend
-        self.worker.spawn(self._connect())
+        self.ctx.spawn(self._connect())
 
     # ---- connect ------------------------------------------------------------------------------
 
     async def _connect(self) -> None:
         assert self.backend is not None
-        loop = self.worker.loop
+        loop = self.ctx.loop
 
         async def open_one(server: ServerRuntime) -> socket.socket:
             host, port = server.state.host, server.state.port
@@ -585,7 +493,7 @@ class L4Session:
                 self.finish(f"could not send the whole PROXY header to {self.server_key()}")
                 return
         self.splicer = Splicer(
-            self.worker.loop,
+            self.ctx.loop,
             self.sock,
             up,
             idle_timeout=self.listener.config.limits.connect_idle_timeout,
@@ -627,40 +535,34 @@ class L4Session:
         if self.server is not None:
             self.server.state.active -= 1
         self.listener.connections.discard(self)
-        self.worker.connections.discard(self)
+        self.ctx.connections.discard(self)
         self._access_log(self.reason + "; " + reason if self.reason else reason)
-        self.worker.connection_closed()
+        self.ctx.connection_closed()
 
     def _access_log(self, reason: str) -> None:
-        up = self.splicer.up.bytes if self.splicer else 0
-        down = self.splicer.down.bytes if self.splicer else 0
+        access = self.ctx.access
+        if not access.enabled:
+            return
         hello = self.hello
-        self.worker.write_access(
-            {
-                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                "client_ip": self.client[0],
-                "client_port": self.client[1],
-                "peer_ip": self.peer[0],
-                "listener": self.listener.name,
-                "protocol": self.listener.config.protocol,
-                "sni": hello.server_name if hello else None,
-                "alpn": list(hello.alpn) if hello else None,
-                "backend": self.backend.name if self.backend else None,
-                "server": self.server.key if self.server else None,
-                "bytes_in": up,
-                "bytes_out": down,
-                "duration_ms": round((time.monotonic() - self.t_start) * 1000.0, 3),
-                "close_reason": reason,
-                "worker": self.worker.slot,
-            }
+        access.write(
+            AccessRecord(
+                kind="stream",
+                client_ip=self.client[0],
+                client_port=self.client[1],
+                peer_ip=self.peer[0],
+                listener=self.listener.name,
+                protocol=self.listener.config.protocol,
+                sni=hello.server_name if hello else None,
+                alpn=list(hello.alpn) if hello else None,
+                backend=self.backend.name if self.backend else None,
+                server=self.server.key if self.server else None,
+                bytes_in=self.splicer.up.bytes if self.splicer else 0,
+                bytes_out=self.splicer.down.bytes if self.splicer else 0,
+                duration_ms=round((self.ctx.loop.time() - self.t_start) * 1000.0, 3),
+                close_reason=reason,
+                worker=self.ctx.slot,
+            )
         )
-
-
-def client_address_of(proxy: ProxyHeader | None, peer: Address) -> Address:
-    """The address a PROXY header vouches for, or the TCP peer (LOCAL, UNKNOWN, none)."""
-    if proxy is not None and proxy.command == "PROXY" and proxy.source is not None:
-        return proxy.source
-    return peer
 
 
 def is_ip(value: str) -> bool:
@@ -669,80 +571,3 @@ def is_ip(value: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-ACME_TLS_ALPN = "acme-tls/1"
-
-
-def accept_http_with_preamble(
-    worker: Worker,
-    listener: ListenerRuntime,
-    tls: bool,
-    sock: socket.socket,
-    peer: Address,
-    *,
-    want_hello: bool,
-) -> None:
-    """An http/https listener that must read before HTTP or TLS starts.
-
-    That is a PROXY header (``accept_proxy_protocol``), and/or the ClientHello of an
-    https listener that answers ACME TLS-ALPN-01 (RFC 8737): a client offering only
-    ``acme-tls/1`` for a name with a pending challenge gets the challenge certificate.
-    """
-    lc = listener.config
-    want_proxy = lc.accept_proxy_protocol
-    if want_proxy and not listener.is_trusted(peer[0]):
-        log.info(
-            "listener %s: closing a connection from %s: PROXY headers are accepted from "
-            "trusted_proxies only",
-            lc.name,
-            peer[0],
-        )
-        sock.close()
-        return
-
-    def done(proxy: ProxyHeader | None, hello: ClientHello | None, error: str | None) -> None:
-        if (want_proxy and proxy is None) or (error is not None and not error.startswith("bad")):
-            log.info("listener %s: closing a connection from %s: %s", lc.name, peer[0], error)
-            sock.close()
-            return
-        # a malformed ClientHello is left for OpenSSL to refuse with a proper alert
-        context = listener.certificates.base_context if tls and listener.certificates else None
-        if hello is not None and ACME_TLS_ALPN in hello.alpn and hello.server_name:
-            challenge = worker.acme_tls_alpn01_context(hello.server_name)
-            if challenge is not None:
-                context = challenge
-        worker.spawn(_start_http(worker, listener, sock, proxy, context))
-
-    Preamble(
-        worker.loop,
-        sock,
-        want_proxy=want_proxy,
-        want_hello=want_hello,
-        max_hello=lc.limits.max_client_hello_size,
-        timeout=lc.limits.header_timeout,
-        on_done=done,
-    ).start()
-
-
-async def _start_http(
-    worker: Worker,
-    listener: ListenerRuntime,
-    sock: socket.socket,
-    proxy: ProxyHeader | None,
-    context: ssl.SSLContext | None,
-) -> None:
-    from tlsgate.net.http_proxy import ClientConnection
-
-    lc = listener.config
-    try:
-        await worker.loop.connect_accepted_socket(
-            lambda: ClientConnection(worker, listener, context is not None, proxy=proxy),
-            sock=sock,
-            ssl=context,
-            ssl_handshake_timeout=lc.limits.tls_handshake_timeout if context else None,
-        )
-    except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-        who = proxy.source if proxy is not None and proxy.source else "a client"
-        log.info("listener %s: connection from %s failed: %s", lc.name, who, exc)
-        sock.close()

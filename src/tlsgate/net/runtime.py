@@ -14,19 +14,23 @@ from __future__ import annotations
 import ipaddress
 import ssl
 import time
-from collections import deque
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tlsgate.certs.bundle import CertificateBundle
 from tlsgate.certs.cache import CertificateCache, make_client_context
+from tlsgate.certs.tickets import TicketKeys
 from tlsgate.config.model import BackendConfig, Config, IPNetwork, ListenerConfig
 from tlsgate.errors import CertificateError
+from tlsgate.net.pool import Pool
 from tlsgate.routing.balance import Balancer, ServerState, make_balancer
 from tlsgate.routing.hosts import RouteTable
 
 if TYPE_CHECKING:
     from tlsgate.net.upstream import UpstreamConnection
+
+_NOTHING: frozenset[str] = frozenset()
 
 
 @dataclass(eq=False)
@@ -35,25 +39,18 @@ class ServerRuntime:
 
     state: ServerState
     backend: BackendRuntime
-    idle: deque[UpstreamConnection] = field(default_factory=deque)
+    pool: Pool
 
     @property
     def key(self) -> str:
         return self.state.key
 
-    def take_idle(self) -> UpstreamConnection | None:
-        """Most recently used first: it is the least likely to have been closed by the server."""
-        while self.idle:
-            conn = self.idle.pop()
-            conn.cancel_idle_timer()
-            if conn.usable():
-                return conn
-            conn.abort()
-        return None
+    def take_idle(self, now: float) -> UpstreamConnection | None:
+        """A pooled keep-alive connection, most recently used first."""
+        return self.pool.acquire(now)  # type: ignore[return-value]
 
     def close_idle(self) -> None:
-        while self.idle:
-            self.idle.pop().abort()
+        self.pool.close()
 
 
 @dataclass(eq=False)
@@ -69,8 +66,10 @@ class BackendRuntime:
     def name(self) -> str:
         return self.config.name
 
-    def pick(self, client_key: bytes, exclude: frozenset[str]) -> ServerRuntime | None:
-        state = self.balancer.pick(client_key, time.monotonic(), exclude)
+    def pick(
+        self, client_key: bytes, exclude: AbstractSet[str] = _NOTHING, now: float | None = None
+    ) -> ServerRuntime | None:
+        state = self.balancer.pick(client_key, time.monotonic() if now is None else now, exclude)
         return None if state is None else self.by_key[state.key]
 
     def retire(self) -> None:
@@ -124,7 +123,9 @@ def _build_backend(cfg: BackendConfig, health: dict[tuple[str, str], bool]) -> B
         by_key={},
     )
     for st in states:
-        server = ServerRuntime(state=st, backend=backend)
+        server = ServerRuntime(
+            state=st, backend=backend, pool=Pool(cfg.max_idle_per_server, cfg.pool_idle_timeout)
+        )
         backend.servers.append(server)
         backend.by_key[st.key] = server
     return backend
@@ -144,8 +145,12 @@ class Runtime:
         config: Config,
         bundles: tuple[CertificateBundle, ...],
         health: dict[tuple[str, str], bool],
+        ticket_keys: TicketKeys | None = None,
     ) -> Runtime:
         """Make every runtime object for ``config``.
+
+        ``ticket_keys``: the node's session ticket secret; each https listener's
+        contexts get the key derived for its name (None: OpenSSL's own keys).
 
         Raises:
             CertificateError: an https listener has no usable certificate.
@@ -174,6 +179,7 @@ class Runtime:
                     default=lc.default_certificate,
                     min_version=lc.min_tls_version,
                     alpn=("http/1.1",),
+                    ticket_key=ticket_keys.for_listener(lc.name) if ticket_keys else None,
                 )
             listeners[lc.name] = ListenerRuntime(
                 config=lc,

@@ -1,19 +1,23 @@
 """Connections to app servers: an asyncio protocol with an httptools response parser.
 
 How this works: an ``UpstreamConnection`` carries one exchange at a time (no
-upstream pipelining). ``begin()`` hands it to an owner (the exchange) and
-makes a fresh response parser, so a HEAD response or an aborted body can never
-leave stale parser state behind for the next request. Parser callbacks are
-translated into owner calls (head, body, complete, failure); an idle connection
-sits in its server's pool (``ServerRuntime.idle``) with a timer that closes it
-before the app server's own keep-alive timeout is likely to.
+upstream pipelining). ``begin()`` hands it to an owner (the exchange); parser
+callbacks become owner calls (head, body, complete, failure). Between
+exchanges the connection sits in its server's :class:`~tlsgate.net.pool.Pool`.
+
+The response parser is kept from one response to the next while responses end
+cleanly (llhttp starts over by itself after a complete keep-alive message); a
+response to HEAD (which llhttp cannot know has no body) or one cut short gets a
+fresh parser with the next ``begin()``, so no stale parser state survives.
+
+Timeouts are deadlines on the worker's wheel (``net.deadlines``): while an
+exchange runs, ``read_timeout`` after the last byte received; while pooled,
+``pool_idle_timeout`` after release. Moving the deadline on each read is a
+float store, not a timer.
 
 Flow control runs both ways: when this connection's write buffer fills, the
 client stops being read; when the client's write buffer fills, the owner pauses
 this connection's reading.
-
-Read timeout: rather than re-arming a timer on every chunk, one timer checks
-``last_activity`` and re-arms itself for the remainder (cheap on the hot path).
 """
 
 from __future__ import annotations
@@ -26,16 +30,19 @@ from typing import TYPE_CHECKING, Protocol, cast
 import httptools
 
 from tlsgate.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout
+from tlsgate.net.deadlines import INF, Deadlines
+
+if TYPE_CHECKING:
+    from tlsgate.net.pool import Pool
+    from tlsgate.net.runtime import ServerRuntime
 
 # What can go wrong with an app server: it is unusable, or it broke HTTP.
 UpstreamFailure = UpstreamError | UpstreamProtocolError
 
-if TYPE_CHECKING:
-    from tlsgate.net.runtime import ServerRuntime
-
 Headers = list[tuple[bytes, bytes]]
 
 _NO_BODY_STATUS = frozenset({204, 304})
+_FRAMING_LENGTHS = frozenset({len(b"content-length"), len(b"transfer-encoding")})
 
 
 class UpstreamOwner(Protocol):
@@ -43,16 +50,23 @@ class UpstreamOwner(Protocol):
 
     def upstream_informational(self, status: int, reason: bytes, headers: Headers) -> None: ...
     def upstream_response_head(
-        self, status: int, reason: bytes, headers: Headers, keep_alive: bool
+        self,
+        status: int,
+        reason: bytes,
+        headers: Headers,
+        keep_alive: bool,
+        *,
+        content_length: bytes | None,
+        chunked: bool,
     ) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_complete(self, trailers: Headers, reusable: bool) -> None: ...
     def upstream_upgraded(self, data: bytes) -> None: ...
     def upstream_failed(self, error: UpstreamFailure) -> None: ...
     def upstream_pause_writing(self) -> None: ...
+    def upstream_resume_writing(self) -> None: ...
     def cork(self) -> None: ...
     def uncork(self) -> None: ...
-    def upstream_resume_writing(self) -> None: ...
     # tunnel mode (after a 101)
     def tunnel_data(self, data: bytes) -> None: ...
     def tunnel_eof(self) -> None: ...
@@ -61,9 +75,10 @@ class UpstreamOwner(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     """One connection to one app server."""
 
-    def __init__(self, server: ServerRuntime, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, server: ServerRuntime, deadlines: Deadlines) -> None:
         self.server = server
-        self.loop = loop
+        self.deadlines = deadlines
+        self.loop = deadlines.loop
         self.transport: asyncio.Transport | None = None
         self.owner: UpstreamOwner | None = None
         self.parser: httptools.HttpResponseParser | None = None
@@ -71,12 +86,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.tunnel = False
         self.read_timeout = server.backend.config.read_timeout
-        self.last_activity = loop.time()
-        self._timer: asyncio.TimerHandle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._reset_response()
-
-    def _reset_response(self) -> None:
+        # deadline-wheel and pool bookkeeping (net.deadlines.Timed, net.pool.Poolable)
+        self.deadline = INF
+        self.slot = 0
+        self.pool: Pool | None = None
+        self.idle_until = 0.0
+        # the response being parsed
         self._headers: Headers = []
         self._trailers: Headers = []
         self._reason = b""
@@ -93,7 +108,6 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         self.transport = cast(asyncio.Transport, transport)
-        transport = self.transport
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError, AttributeError):
@@ -110,50 +124,73 @@ class UpstreamConnection(asyncio.Protocol):
     def begin(self, owner: UpstreamOwner, *, head_request: bool) -> None:
         """Start carrying a new exchange for ``owner``."""
         self.owner = owner
-        self.parser = httptools.HttpResponseParser(self)
-        self._reset_response()
+        if self.parser is None or not self._done or self._head_request:
+            self.parser = httptools.HttpResponseParser(self)
+        self._headers = []
+        self._trailers = []
+        self._reason = b""
+        self._head_done = False
+        self._informational = False
+        self._close_delimited = False
+        self._keep_alive = False
+        self._done = False
+        self.response_started = False
         self._head_request = head_request
         self.requests += 1
-        self.last_activity = self.loop.time()
-        self._arm_timer(self.read_timeout)
+        if self.read_timeout > 0:
+            self.deadlines.arm(self, self.loop.time() + self.read_timeout)
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None and not self.closed:
-            self.last_activity = self.loop.time()
+        if not self.closed and self.transport is not None:
             self.transport.write(data)
 
     def release(self) -> None:
         """The owner is done with this connection (it may go back to a pool)."""
         self.owner = None
-        self._cancel_timer()
+        self.deadline = INF
 
-    def start_idle_timer(self, timeout: float) -> None:
-        self._idle_timer = self.loop.call_later(timeout, self._idle_expired)
+    # ---- net.pool.Poolable ------------------------------------------------------------------
 
-    def cancel_idle_timer(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+    def pooled(self, pool: Pool, deadline: float) -> None:
+        self.pool = pool
+        self.idle_until = deadline
+        self.deadlines.arm(self, deadline)
 
-    def _idle_expired(self) -> None:
-        self._idle_timer = None
-        with contextlib.suppress(ValueError):
-            self.server.idle.remove(self)
-        self.close()
+    def unpooled(self) -> None:
+        self.pool = None
+        self.deadline = INF
+
+    # ---- net.deadlines.Timed ----------------------------------------------------------------
+
+    def deadline_reached(self, now: float) -> None:
+        if self.pool is not None:  # idle for pool_idle_timeout: nobody came back for it
+            pool, self.pool = self.pool, None
+            pool.discard(self)
+            self.close()
+            return
+        owner = self.owner
+        if owner is None or self.tunnel:
+            return
+        self.owner = None
+        self.abort()
+        owner.upstream_failed(
+            UpstreamTimeout(
+                f"server {self.server.key} sent nothing for {self.read_timeout:g}s "
+                "(backend read_timeout)"
+            )
+        )
 
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._cancel_timer()
-            self.cancel_idle_timer()
+            self.deadline = INF
             if self.transport is not None:
                 self.transport.close()
 
     def abort(self) -> None:
         if not self.closed:
             self.closed = True
-            self._cancel_timer()
-            self.cancel_idle_timer()
+            self.deadline = INF
             if self.transport is not None:
                 self.transport.abort()
 
@@ -165,61 +202,32 @@ class UpstreamConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.resume_reading()
 
-    # ---- timers -----------------------------------------------------------------------------
-
-    def _arm_timer(self, delay: float) -> None:
-        self._cancel_timer()
-        if delay > 0:
-            self._timer = self.loop.call_later(delay, self._check_timeout)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _check_timeout(self) -> None:
-        self._timer = None
-        if self.owner is None or self.tunnel:
-            return
-        remaining = self.last_activity + self.read_timeout - self.loop.time()
-        if remaining > 0.001:
-            self._arm_timer(remaining)
-            return
-        owner = self.owner
-        self.owner = None
-        self.abort()
-        owner.upstream_failed(
-            UpstreamTimeout(
-                f"server {self.server.key} sent nothing for {self.read_timeout:g}s "
-                "(backend read_timeout)"
-            )
-        )
-
     # ---- asyncio.Protocol -------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self.last_activity = self.loop.time()
-        if self.tunnel:
-            if self.owner is not None:
-                self.owner.tunnel_data(data)
-            return
-        if self.owner is None or self.parser is None:
+        owner = self.owner
+        if owner is None or self.parser is None:
             # An idle keep-alive connection must stay silent; anything else means the
             # server is confused, and the connection can't be trusted for the next request.
+            if self.tunnel:
+                return
             self.abort()
             return
-        corked = self.owner
-        corked.cork()
+        if self.tunnel:
+            owner.tunnel_data(data)
+            return
+        if self.deadline != INF:
+            self.deadline = self.loop.time() + self.read_timeout  # the wheel moves it lazily
+        owner.cork()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             offset = int(exc.args[0]) if exc.args else len(data)
-            owner = cast("UpstreamOwner | None", self.owner)  # callbacks may have released it
-            if owner is None:
-                return
-            self.tunnel = True
-            self._cancel_timer()
-            owner.upstream_upgraded(data[offset:])
+            current = self.owner  # the callbacks may have released it
+            if current is not None:
+                self.tunnel = True
+                self.deadline = INF
+                current.upstream_upgraded(data[offset:])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, UpstreamError | UpstreamProtocolError):
@@ -231,7 +239,7 @@ class UpstreamConnection(asyncio.Protocol):
                 UpstreamProtocolError(f"server {self.server.key} sent a malformed response: {exc}")
             )
         finally:
-            corked.uncork()
+            owner.uncork()
 
     def eof_received(self) -> bool | None:
         owner = self.owner
@@ -254,10 +262,10 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._cancel_timer()
-        self.cancel_idle_timer()
-        with contextlib.suppress(ValueError):
-            self.server.idle.remove(self)
+        self.deadlines.discard(self)
+        if self.pool is not None:
+            pool, self.pool = self.pool, None
+            pool.discard(self)
         owner = self.owner
         if owner is None:
             return
@@ -300,24 +308,39 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         owner = self.owner
-        if owner is None or self.parser is None:
+        parser = self.parser
+        if owner is None or parser is None:
             return
-        status = self.parser.get_status_code()
+        status = parser.get_status_code()
         headers, self._headers = self._headers, []
         reason, self._reason = self._reason, b""
         self.response_started = True
-        if 100 <= status < 200 and status != 101:
+        if status < 200 and status != 101:
             self._informational = True
             owner.upstream_informational(status, reason, headers)
             return
         self._informational = False
         self._head_done = True
-        self._keep_alive = self.parser.should_keep_alive()
-        no_body = self._head_request or status in _NO_BODY_STATUS or status == 101
-        if not no_body:
-            framed = any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in headers)
-            self._close_delimited = not framed
-        owner.upstream_response_head(status, reason, headers, self._keep_alive)
+        self._keep_alive = parser.should_keep_alive()
+        content_length: bytes | None = None
+        chunked = False
+        for n, v in headers:
+            if len(n) in _FRAMING_LENGTHS:  # a cheap filter before lower()
+                ln = n.lower()
+                if ln == b"content-length":
+                    content_length = v
+                elif ln == b"transfer-encoding":
+                    chunked = True
+        if not (self._head_request or status in _NO_BODY_STATUS or status == 101):
+            self._close_delimited = content_length is None and not chunked
+        owner.upstream_response_head(
+            status,
+            reason,
+            headers,
+            self._keep_alive,
+            content_length=content_length,
+            chunked=chunked,
+        )
         if self._head_request and self.owner is owner:
             # llhttp can't be told that this was a response to HEAD, so it would wait for a
             # body; the response is complete now, and begin() gives the next one a new parser.
@@ -340,5 +363,5 @@ class UpstreamConnection(asyncio.Protocol):
             return  # the HttpParserUpgrade that follows switches to tunnel mode
         self._done = True
         self.owner = None
-        self._cancel_timer()
+        self.deadline = INF
         owner.upstream_complete(self._trailers, self._keep_alive and not self._close_delimited)

@@ -22,7 +22,7 @@ import ipaddress
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Literal
 
@@ -126,7 +126,9 @@ def _split_list(values: Iterable[bytes]) -> list[bytes]:
 
 
 def _serialize(headers: Headers) -> bytes:
-    return b"".join([part for name, value in headers for part in (name, b": ", value, b"\r\n")])
+    if not headers:
+        return b""
+    return b"\r\n".join([name + b": " + value for name, value in headers]) + b"\r\n"
 
 
 @functools.lru_cache(maxsize=128)
@@ -205,6 +207,7 @@ class RequestInfo:
         return not (self.target.startswith(b"/") or self.target == b"*")
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_host(value: bytes) -> tuple[str, int | None]:
     """Parse a Host field value or a URI authority (without userinfo).
 
@@ -215,7 +218,9 @@ def parse_host(value: bytes) -> tuple[str, int | None]:
     send an empty Host when the target URI has no authority.
 
     Returns:
-        ``(host, port)``: host lower-cased, IPv6 without brackets.
+        ``(host, port)``: host lower-cased, IPv6 without brackets. Results are
+        cached (a server sees the same few Host values over and over); errors
+        are not.
 
     Raises:
         ClientProtocolError: (400) the value is not a valid host.
@@ -247,6 +252,17 @@ def parse_host(value: bytes) -> tuple[str, int | None]:
     return host.decode("ascii").lower(), port
 
 
+_INTERESTING = (
+    b"host",
+    b"content-length",
+    b"transfer-encoding",
+    b"connection",
+    b"expect",
+    b"upgrade",
+)
+_INTERESTING_LENGTHS = frozenset(len(n) for n in _INTERESTING)
+
+
 def validate_request(
     method: bytes,
     target: bytes,
@@ -256,6 +272,7 @@ def validate_request(
     max_headers: int,
     max_header_size: int,
     max_body_size: int,
+    framed_by_llhttp: bool = False,
 ) -> RequestInfo:
     """Apply tlsgate's request policy to a request head llhttp has framed.
 
@@ -268,6 +285,10 @@ def validate_request(
         max_header_size: most bytes for request line + headers (431 beyond;
             414 when the target alone is longer).
         max_body_size: largest Content-Length allowed (413 beyond); 0 = no limit.
+        framed_by_llhttp: the head came from httptools' (llhttp's) strict parser,
+            which already refuses invalid method and header-name tokens and NUL,
+            CR or LF in header values (``tests/unit/proto/test_llhttp_guarantees.py``
+            proves it for the installed version), so those scans are skipped.
 
     Returns:
         The :class:`RequestInfo` summary.
@@ -280,7 +301,7 @@ def validate_request(
         raise ClientProtocolError(
             f"HTTP version {http_version[:16]!r} is not supported", status_hint=505
         )
-    if not _is_token(method):
+    if not framed_by_llhttp and not _is_token(method):
         raise ClientProtocolError(f"invalid method {_show(method)!r}")
     if len(target) > max_header_size:
         raise ClientProtocolError(
@@ -302,11 +323,14 @@ def validate_request(
         raise ClientProtocolError(
             f"request head is {size} bytes, more than {max_header_size}", status_hint=431
         )
-    if (
-        headers
-        # the count catches a ":" inside a name, which the join would hide
-        and (_all_tokens_match(names) is None or names.count(b":") != len(headers) - 1)
-    ) or _has_nul_cr_lf(values):
+    if not framed_by_llhttp and (
+        (
+            headers
+            # the count catches a ":" inside a name, which the join would hide
+            and (_all_tokens_match(names) is None or names.count(b":") != len(headers) - 1)
+        )
+        or _has_nul_cr_lf(values)
+    ):
         # slow path, only to name the culprit
         for name, value in headers:
             if not _is_token(name):
@@ -322,19 +346,22 @@ def validate_request(
     connection: list[bytes] = []
     expect: list[bytes] = []
     upgrade: list[bytes] = []
-    interesting = {
-        b"host": hosts,
-        b"content-length": content_lengths,
-        b"transfer-encoding": transfer_encodings,
-        b"connection": connection,
-        b"expect": expect,
-        b"upgrade": upgrade,
-    }
-    get_bucket = interesting.get
     for name, value in headers:
-        bucket = get_bucket(name.lower())
-        if bucket is not None:
-            bucket.append(value)
+        # the names that matter are 4 to 17 bytes long; most others are skipped unlowered
+        if len(name) in _INTERESTING_LENGTHS:
+            lname = name.lower()
+            if lname == b"host":
+                hosts.append(value)
+            elif lname == b"content-length":
+                content_lengths.append(value)
+            elif lname == b"transfer-encoding":
+                transfer_encodings.append(value)
+            elif lname == b"connection":
+                connection.append(value)
+            elif lname == b"expect":
+                expect.append(value)
+            elif lname == b"upgrade":
+                upgrade.append(value)
 
     # --- request-target (RFC 9112 §3.2) ---
     if method == b"CONNECT":
@@ -527,7 +554,6 @@ class ForwardingContext:
             forwarding headers are kept and appended to.
         proto: the scheme the client used to reach us.
         listener_port: the port the client connected to.
-        host_header: the request's Host value as received (``b""`` if none).
         client_ip_header: the listener's configured client-IP header (e.g.
             ``b"CF-Connecting-IP"``), removed from untrusted peers' requests.
     """
@@ -537,10 +563,28 @@ class ForwardingContext:
     peer_trusted: bool
     proto: Literal["http", "https"]
     listener_port: int
-    host_header: bytes
     client_ip_header: bytes = b""
+    # encoded once per connection, used by every request on it
+    _client: bytes = field(init=False, repr=False)
+    _peer: bytes = field(init=False, repr=False)
+    _proto_line: bytes = field(init=False, repr=False)
+    _port_line: bytes = field(init=False, repr=False)
+    _for_client: bytes = field(init=False, repr=False)
+    _for_peer: bytes = field(init=False, repr=False)
+    _ip_header: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        setattr_ = object.__setattr__  # frozen: the derived fields are set once, here
+        setattr_(self, "_client", self.client_ip.encode("ascii", "replace"))
+        setattr_(self, "_peer", self.peer_ip.encode("ascii", "replace"))
+        setattr_(self, "_proto_line", self.proto.encode("ascii"))
+        setattr_(self, "_port_line", b"%d" % self.listener_port)
+        setattr_(self, "_for_client", b"for=" + _forwarded_node(self.client_ip))
+        setattr_(self, "_for_peer", b"for=" + _forwarded_node(self.peer_ip))
+        setattr_(self, "_ip_header", self.client_ip_header.lower())
 
 
+@functools.lru_cache(maxsize=1024)
 def _forwarded_value(value: bytes) -> bytes:
     """RFC 7239 §4: value = token / quoted-string."""
     if _is_token(value):
@@ -611,9 +655,9 @@ def rewrite_request_headers(headers: Headers, info: RequestInfo, fwd: Forwarding
     if options:
         headers = [(n, v) for n, v in headers if n.lower() not in options]
     trusted = fwd.peer_trusted
-    ip_header = fwd.client_ip_header.lower()
+    ip_header = fwd._ip_header
     absolute = info.absolute_form
-    host_value = _authority(info.host, info.port) if absolute else fwd.host_header
+    host_value = _authority(info.host, info.port) if absolute else b""
 
     out: Headers = []
     upgrade_lines: Headers = []
@@ -633,6 +677,7 @@ def rewrite_request_headers(headers: Headers, info: RequestInfo, fwd: Forwarding
         if lname == b"host":
             if not absolute:
                 seen_host = True
+                host_value = value
                 out.append((name, value))
             continue
         if lname in HOP_BY_HOP or lname == b"content-length":
@@ -663,11 +708,10 @@ def rewrite_request_headers(headers: Headers, info: RequestInfo, fwd: Forwarding
     elif absolute:
         out.insert(0, (b"Host", host_value))
 
-    client = fwd.client_ip.encode("ascii", "replace")
-    peer = fwd.peer_ip.encode("ascii", "replace")
-    proto = fwd.proto.encode("ascii")
-    element = b"for=" + _forwarded_node(fwd.peer_ip if trusted else fwd.client_ip)
-    element += b";proto=" + proto
+    client = fwd._client
+    peer = fwd._peer
+    proto = fwd._proto_line
+    element = (fwd._for_peer if trusted else fwd._for_client) + b";proto=" + proto
     if host_value:
         element += b";host=" + _forwarded_value(host_value)
     if trusted:
@@ -680,7 +724,7 @@ def rewrite_request_headers(headers: Headers, info: RequestInfo, fwd: Forwarding
         if forwarded:
             element = b", ".join(forwarded) + b", " + element
         elif client != peer:
-            element = b"for=" + _forwarded_node(fwd.client_ip) + b", " + element
+            element = fwd._for_client + b", " + element
     else:
         out.append((b"X-Forwarded-For", client))
     if not keep_proto:
@@ -688,7 +732,7 @@ def rewrite_request_headers(headers: Headers, info: RequestInfo, fwd: Forwarding
     if not keep_host and host_value:
         out.append((b"X-Forwarded-Host", host_value))
     if not keep_port:
-        out.append((b"X-Forwarded-Port", b"%d" % fwd.listener_port))
+        out.append((b"X-Forwarded-Port", fwd._port_line))
     out.append((b"Forwarded", element))
 
     if info.upgrade is not None:
@@ -715,6 +759,7 @@ def rewrite_response_headers(
     keep_alive: bool,
     upgrade: bool = False,
     client_version: str = "1.1",
+    framed_by_llhttp: bool = False,
 ) -> Headers:
     """Build the header list sent to the client for an app server's response.
 
@@ -727,10 +772,13 @@ def rewrite_response_headers(
     for a kept HTTP/1.0 client (which closes otherwise). With ``upgrade`` (a 101
     response) ``Connection: upgrade`` and the Upgrade fields are kept instead.
 
+    ``framed_by_llhttp``: the fields come from httptools' response parser, which
+    refuses NUL, CR and LF in values itself, so the scan is skipped.
+
     Raises:
         UpstreamProtocolError: (502) a field value contains NUL, CR or LF.
     """
-    if _has_nul_cr_lf(b"\t".join([value for _, value in headers])):
+    if not framed_by_llhttp and _has_nul_cr_lf(b"\t".join([value for _, value in headers])):
         for name, value in headers:
             if _has_nul_cr_lf(value):
                 raise UpstreamProtocolError(
@@ -762,6 +810,82 @@ def rewrite_response_headers(
     elif client_version == "1.0":
         out.append((b"Connection", b"keep-alive"))
     return out
+
+
+# How a response body travels to the client (see :func:`response_framing`).
+BODY_NONE = 0  # no body: HEAD, 1xx/101, 204, 304
+BODY_RAW = 1  # bytes as they come: Content-Length, or close-delimited to HTTP/1.0
+BODY_CHUNKED = 2  # re-chunked: the app server sent chunked or close-delimited to HTTP/1.1
+
+
+def response_framing(
+    status: int,
+    content_length: bytes | None,
+    chunked: bool,
+    *,
+    head_request: bool,
+    client_version: str,
+) -> tuple[int, Headers, bool]:
+    """Choose how an app server's response body is framed for the client.
+
+    Framing is rebuilt, never copied (RFC 9112 §6): Content-Length passes through;
+    a chunked or close-delimited body is re-chunked for an HTTP/1.1 client and sent
+    close-delimited to an HTTP/1.0 one, which then can't keep the connection. A
+    response to HEAD, a 1xx/101, 204 or 304 has no body (RFC 9110 §6.4.1), but a
+    HEAD/304 response keeps its Content-Length (and a HEAD response its
+    Transfer-Encoding), which describe the body a GET would have had.
+
+    Args:
+        status: the final status code.
+        content_length: the app server's Content-Length value, if it sent one.
+        chunked: the app server sent Transfer-Encoding.
+        head_request: the request was HEAD.
+        client_version: ``"1.0"`` or ``"1.1"``.
+
+    Returns:
+        ``(mode, fields, reusable)``: one of ``BODY_NONE``/``BODY_RAW``/``BODY_CHUNKED``,
+        the framing fields to add to the head, and False when the body's end can only
+        be signalled by closing the client connection.
+    """
+    if head_request or status in (204, 304) or status == 101:
+        if content_length is not None and status != 204:
+            return BODY_NONE, [(b"Content-Length", content_length)], True
+        if chunked and head_request:
+            return BODY_NONE, [(b"Transfer-Encoding", b"chunked")], True
+        return BODY_NONE, [], True
+    if content_length is not None:
+        return BODY_RAW, [(b"Content-Length", content_length)], True
+    if client_version == "1.1":
+        return BODY_CHUNKED, [(b"Transfer-Encoding", b"chunked")], True
+    return BODY_RAW, [], False
+
+
+def client_keep_alive(
+    *,
+    wanted: bool,
+    request_done: bool,
+    upgrade_requested: bool,
+    status: int,
+    draining: bool,
+) -> bool:
+    """Whether the client connection stays open after this response.
+
+    Args:
+        wanted: the client asked to keep it (RFC 9112 §9.3) and nothing local said
+            to close after this exchange.
+        request_done: the whole request body was read; otherwise the rest of it
+            would be taken for the next request.
+        upgrade_requested: the request asked to switch protocols. llhttp then stops
+            parsing requests on this connection, so unless the app server agrees
+            (101, and the connection becomes a tunnel) it must close.
+        status: the final status code.
+        draining: the worker is shutting down.
+    """
+    if not wanted or not request_done or draining:
+        return False
+    if status == 101:
+        return upgrade_requested
+    return not upgrade_requested
 
 
 def response_head_bytes(status: int, reason: bytes, headers: Headers) -> bytes:

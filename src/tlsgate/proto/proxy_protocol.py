@@ -46,8 +46,10 @@ __all__ = [
     "ProxyProtocolError",
     "build_v1",
     "build_v2",
+    "client_address_of",
     "crc32c",
     "parse_proxy_header",
+    "proxy_header_for",
 ]
 
 PP2_TYPE_ALPN = 0x01
@@ -588,3 +590,30 @@ def build_v2(
         # The CRC TLV is last, so its value is the last 4 bytes (zero so far).
         header = header[:-4] + _crc32c(header).to_bytes(4, "big")
     return header
+
+
+def proxy_header_for(
+    version: str,
+    client: tuple[str, int],
+    local: tuple[str, int],
+    *,
+    sni: str | None,
+    alpn: str | None,
+    crc32c: bool,
+) -> bytes:
+    """The PROXY header a backend gets: the real client, and for v2 ALPN + authority TLVs."""
+    if version == "v1":
+        return build_v1(client, local)
+    tlvs: list[tuple[int, bytes]] = []
+    if alpn:
+        tlvs.append((PP2_TYPE_ALPN, alpn.encode("latin-1")))
+    if sni:
+        tlvs.append((PP2_TYPE_AUTHORITY, sni.encode("ascii")))
+    return build_v2(client, local, tlvs=tlvs, crc32c=crc32c)
+
+
+def client_address_of(proxy: ProxyHeader | None, peer: tuple[str, int]) -> tuple[str, int]:
+    """The address a PROXY header vouches for, or the TCP peer (LOCAL, UNKNOWN, none)."""
+    if proxy is not None and proxy.command == "PROXY" and proxy.source is not None:
+        return proxy.source
+    return peer

@@ -112,13 +112,15 @@ class RouteTable(Generic[T]):
 
     def match(self, host: str, path: str) -> T | None:
         """The value of the best route for ``host`` and ``path``, else the default."""
+        if not self._exact and not self._wildcard and not self._any:
+            return self._default  # a listener with only a default backend: no lookup at all
         name = normalize_host(host)
         entries = self._exact.get(name)
         if entries:
             found, value = self._first(entries, path)
             if found:
                 return value
-        parent = _parent(name)
+        parent = _parent(name) if self._wildcard else None
         if parent is not None:
             entries = self._wildcard.get(parent)
             if entries:

@@ -20,7 +20,16 @@ def validate(
 ) -> RequestInfo:
     if headers is None:
         headers = [(b"Host", b"example.com")]
-    return validate_request(method, target, version, headers, **{**LIMITS, **limits})
+    lim = {**LIMITS, **limits}
+    return validate_request(
+        method,
+        target,
+        version,
+        headers,
+        max_headers=lim["max_headers"],
+        max_header_size=lim["max_header_size"],
+        max_body_size=lim["max_body_size"],
+    )
 
 
 def rejected(*args: object, **kwargs: object) -> int:
