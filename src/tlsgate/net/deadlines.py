@@ -72,6 +72,11 @@ class Deadlines:
         if self._timer is None:
             self._timer = self.loop.call_later(self.resolution, self._tick)
 
+    @staticmethod
+    def disarm(obj: Timed) -> None:
+        """No deadline any more (the wheel drops the object when its slot comes)."""
+        obj.deadline = INF
+
     def discard(self, obj: Timed) -> None:
         """Forget ``obj`` now (it closed): the wheel keeps no reference to it."""
         obj.deadline = INF

@@ -39,6 +39,7 @@ from tlsgate.errors import (
     LocalProtocolError,
     NoServerAvailable,
     UpstreamError,
+    UpstreamTimeout,
 )
 from tlsgate.logs import AccessRecord
 from tlsgate.net.connect import connect_to_backend
@@ -435,6 +436,8 @@ class Exchange:
             and info.body == "none"
             and not self.upgrade
             and server is not None
+            # a server that sat on the request may have acted on it: no retry after a timeout
+            and not isinstance(error, UpstreamTimeout)
         ):
             # A pooled connection the server had already closed: nothing was processed,
             # so the request is safe to send again on a fresh connection.

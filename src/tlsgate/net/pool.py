@@ -55,13 +55,11 @@ class Pool:
 
     def release(self, conn: Poolable, now: float) -> bool:
         """Keep ``conn`` for the next request; False (caller closes it) when the pool is full."""
-        idle = self._idle
-        if len(idle) >= self.max_idle:
-            # full: drop dead entries first, the oldest if still full
-            self._prune(now)
-            if len(idle) >= self.max_idle:
+        if len(self._idle) >= self.max_idle:
+            self._prune(now)  # full: make room by dropping dead and expired entries
+            if len(self._idle) >= self.max_idle:
                 return False
-        idle.append(conn)
+        self._idle.append(conn)
         conn.pooled(self, now + self.timeout)
         return True
 
