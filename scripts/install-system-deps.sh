@@ -33,6 +33,8 @@ PACKAGES=(
   procps         # ps/pgrep, used by tests that watch processes
   iproute2       # ss, ip (network namespaces)
   ca-certificates
+  gcc            # mypyc compiles the data plane's hot modules (scripts/compile.py)
+  python3-dev    # Python.h for that build
 )
 fi
 
