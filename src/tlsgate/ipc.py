@@ -73,6 +73,7 @@ class Challenges:
 
     http01: dict[str, str]
     tls_alpn01: dict[str, tuple[bytes, bytes]]
+    serial: int = 0  # answered with ChallengesApplied(serial) once the worker serves them
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,17 @@ class Configured:
     error: str = ""
 
 
-Message = Configure | HealthUpdate | Challenges | RotateTicketKeys | Stop | Configured
+@dataclass(frozen=True)
+class ChallengesApplied:
+    """The worker answers the challenges of ``serial`` (its accept paths are switched)."""
+
+    slot: int
+    serial: int
+
+
+Message = (
+    Configure | HealthUpdate | Challenges | RotateTicketKeys | Stop | Configured | ChallengesApplied
+)
 
 
 class Channel:

@@ -46,6 +46,7 @@ from tlsgate.errors import CertificateError, ConfigError, StoreError, TlsgateErr
 from tlsgate.features import unsupported_features
 from tlsgate.ipc import (
     Challenges,
+    ChallengesApplied,
     Channel,
     Configure,
     Configured,
@@ -76,6 +77,7 @@ class WorkerHandle:
     channel: Channel
     generation: int = 0
     acks: dict[int, asyncio.Future[Configured]] = field(default_factory=dict)
+    challenges_serial: int = 0  # the last Challenges this worker said it serves
     restarts: list[float] = field(default_factory=list)
 
 
@@ -134,6 +136,8 @@ class Supervisor:
         self._manager_task: asyncio.Task[None] | None = None
         self.http01: dict[str, str] = {}
         self.tls_alpn01: dict[str, tuple[bytes, bytes]] = {}
+        self._challenge_serial = 0
+        self._challenges_applied = asyncio.Event()
         self.sockets: dict[int, dict[BindAddress, socket.socket]] = {}
         self.workers: dict[int, WorkerHandle] = {}
         self.health: dict[tuple[str, str], bool] = {}
@@ -207,6 +211,9 @@ class Supervisor:
             fut = handle.acks.pop(message.generation, None)
             if fut is not None and not fut.done():
                 fut.set_result(message)
+        elif isinstance(message, ChallengesApplied):
+            handle.challenges_serial = max(handle.challenges_serial, message.serial)
+            self._challenges_applied.set()
 
     def _configure(self, handle: WorkerHandle) -> asyncio.Future[Configured]:
         assert self.loop is not None
@@ -225,7 +232,7 @@ class Supervisor:
         try:
             handle.channel.send(msg, [slot_socks[b].fileno() for b in binds])
             if self.http01 or self.tls_alpn01:
-                handle.channel.send(Challenges(dict(self.http01), dict(self.tls_alpn01)))
+                handle.channel.send(self._challenges())
         except OSError as exc:
             fut.set_result(Configured(handle.slot, self.generation, error=f"channel: {exc}"))
         return fut
@@ -341,14 +348,41 @@ class Supervisor:
             self.http01.pop(token, None)
         else:
             self.http01[token] = key_authorization
-        self._broadcast(Challenges(dict(self.http01), dict(self.tls_alpn01)))
+        self._challenge_serial += 1
+        self._broadcast(self._challenges())
 
     def set_tls_alpn01(self, name: str, cert_and_key: tuple[bytes, bytes] | None) -> None:
         if cert_and_key is None:
             self.tls_alpn01.pop(name, None)
         else:
             self.tls_alpn01[name] = cert_and_key
-        self._broadcast(Challenges(dict(self.http01), dict(self.tls_alpn01)))
+        self._challenge_serial += 1
+        self._broadcast(self._challenges())
+
+    def _challenges(self) -> Challenges:
+        return Challenges(dict(self.http01), dict(self.tls_alpn01), self._challenge_serial)
+
+    async def challenges_published(self, timeout: float = 5.0) -> None:
+        """Wait until every running worker serves the current challenges.
+
+        A TLS-ALPN-01 challenge switches https listeners to the accept path that
+        peeks at ClientHellos; telling the CA to validate before every worker has
+        switched could fail the validation. A worker that does not answer within
+        ``timeout`` is logged and not waited for (it may be restarting).
+        """
+        serial = self._challenge_serial
+        try:
+            async with asyncio.timeout(timeout):
+                while any(
+                    h.challenges_serial < serial and h.proc.poll() is None
+                    for h in self.workers.values()
+                ):
+                    self._challenges_applied.clear()
+                    await self._challenges_applied.wait()
+        except TimeoutError:
+            log.warning(
+                "a worker did not confirm the ACME challenges within %gs; going on", timeout
+            )
 
     def _broadcast(self, msg: Challenges | HealthUpdate | RotateTicketKeys) -> None:
         for handle in list(self.workers.values()):

@@ -38,6 +38,7 @@ from tlsgate.config.model import BindAddress, Config
 from tlsgate.errors import CertificateError
 from tlsgate.ipc import (
     Challenges,
+    ChallengesApplied,
     Channel,
     Configure,
     Configured,
@@ -191,17 +192,22 @@ class Worker:
         self._tls_alpn01_contexts = contexts
         if bool(contexts) != self._serving_tls_alpn01 and self.runtime is not None:
             # https listeners peek at ClientHellos only while a challenge is pending
-            self.spawn(self._reserve(self.runtime))
+            self.spawn(self._reserve(self.runtime, msg.serial))
+        else:
+            self._applied(msg.serial)
 
-    async def _reserve(self, runtime: Runtime) -> None:
-        if runtime is not self.runtime or self.draining:
-            return
-        try:
-            await self._serve(runtime)
-        except Exception:
-            log.exception("worker %d: could not switch the https accept path", self.slot)
+    async def _reserve(self, runtime: Runtime, serial: int) -> None:
+        if runtime is self.runtime and not self.draining:
+            try:
+                await self._serve(runtime)
+            except Exception:
+                log.exception("worker %d: could not switch the https accept path", self.slot)
+        self._applied(serial)
 
-    def _reply(self, message: Configured) -> None:
+    def _applied(self, serial: int) -> None:
+        self._reply(ChallengesApplied(self.slot, serial))
+
+    def _reply(self, message: Configured | ChallengesApplied) -> None:
         try:
             self.channel.send(message)
         except OSError:

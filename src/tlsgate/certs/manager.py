@@ -80,6 +80,9 @@ class ChallengeSink(Protocol):
 
     def set_http01(self, token: str, key_authorization: str | None) -> None: ...
     def set_tls_alpn01(self, name: str, cert_and_key: tuple[bytes, bytes] | None) -> None: ...
+    async def challenges_published(self) -> None:
+        """Return once every worker answers what was set (before the CA is told to look)."""
+        ...
 
 
 @dataclass
@@ -530,6 +533,7 @@ class CertificateManager:
         name = authz.identifier.value
         if challenge.type == "http-01":
             self.challenges.set_http01(token, key_authorization(token, account_key))
+            await self.challenges.challenges_published()
 
             async def undo_http() -> None:
                 self.challenges.set_http01(token, None)
@@ -549,6 +553,7 @@ class CertificateManager:
 
             return undo_dns
         self.challenges.set_tls_alpn01(name, tls_alpn01_certificate(name, token, account_key))
+        await self.challenges.challenges_published()
 
         async def undo_tls() -> None:
             self.challenges.set_tls_alpn01(name, None)
