@@ -51,6 +51,7 @@ from tlsgate.logs import AccessLog, setup_error_log
 from tlsgate.net.context import Drainable
 from tlsgate.net.deadlines import Deadlines
 from tlsgate.net.listener import ACME_TLS_ALPN, Closable, serve
+from tlsgate.net.memory import HeapTrimmer
 from tlsgate.net.runtime import Runtime
 
 log = logging.getLogger("tlsgate.worker")
@@ -286,7 +287,11 @@ async def _main(ipc_fd: int, slot: int) -> int:
     # Ctrl-C reaches the whole process group; the supervisor decides what happens.
     loop.add_signal_handler(signal.SIGINT, lambda: None)
     loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    # after a burst of connections, give their freed C heap back to the kernel
+    trimmer = HeapTrimmer(loop, lambda: len(worker.connections))
+    trimmer.start()
     await worker.done
+    trimmer.stop()
     for s in worker.sockets.values():
         s.close()
     worker.access.close()  # writes the lines still batched

@@ -83,7 +83,8 @@ class ClientConnection(asyncio.Protocol):
         self.hsts = listener.config.hsts if tls else ""
         self.proxy = proxy
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        # its callbacks are bound methods of this object: connection_lost breaks the cycle
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.queue: deque[Exchange] = deque()
         self.receiving: Exchange | None = None
         self.paused = 0
@@ -197,7 +198,13 @@ class ClientConnection(asyncio.Protocol):
         for ex in self.queue:
             ex.abandon()
         self.queue.clear()
+        # Nothing may lead back to this object any more (the parser's callbacks, an
+        # exchange's .conn): then refcounting frees it, its transport and uvloop's 256 KiB
+        # SSL read buffer right now. In a cycle they would wait for a full collection of
+        # the cyclic GC, which an idle worker never runs: after a burst, thousands of them.
+        self.parser = None
         self.receiving = None
+        self.tunnel_exchange = None
         self.ctx.connection_closed()
 
     def eof_received(self) -> bool | None:
@@ -280,6 +287,8 @@ class ClientConnection(asyncio.Protocol):
         if self.draining and not self.queue and not self.in_head:
             self._close()
             return
+        if self.parser is None:
+            return  # closed
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -374,6 +383,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = False
         self.deadline = INF
         p = self.parser
+        assert p is not None  # called from feed_data only
         limits = self.limits
         headers = self._headers
         info = http1.validate_request(

@@ -262,6 +262,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.parser = None  # its callbacks are bound methods of this object: break the cycle
         self.deadlines.discard(self)
         if self.pool is not None:
             pool, self.pool = self.pool, None
