@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
 import pstats
 import statistics
 import sys
@@ -86,10 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     access = args.access_log
-    tmp = None
     if access == "tmp":
-        tmp = tempfile.NamedTemporaryFile(prefix="tlsgate-bench-access-", delete=False)
-        access = tmp.name
+        fd, access = tempfile.mkstemp(prefix="tlsgate-bench-access-")
+        os.close(fd)
     run(1000, access)  # warm-up: caches, lazily built objects
     if args.profile:
         prof = cProfile.Profile()
