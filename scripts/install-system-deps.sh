@@ -23,7 +23,7 @@ else
 PACKAGES=(
   haproxy        # PROXY-protocol peer; benchmark peer
   nginx-light    # app server in tests; benchmark backend
-  libnginx-mod-stream # nginx stream {} (a dynamic module): the L4 peer in bench_passthrough
+  libnginx-mod-stream # nginx stream {} (a dynamic module): the L4 peer in make bench
   wrk            # HTTP/1.1 load generator (benchmarks)
   nghttp2-client # h2load (benchmarks)
   curl           # a client, as a user would run one
