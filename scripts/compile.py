@@ -32,10 +32,13 @@ SRC = ROOT / "src"
 
 # The per-request path, measured with bench/bench_exchange.py and py-spy: request and
 # response parsing callbacks, validation and header rewriting, routing, balancing, the
-# pool, the deadline wheel and the access log.
+# pool, the deadline wheel and the access log; per new passthrough connection, the
+# ClientHello parser. (proto/proxy_protocol.py stays interpreted: compiled, a bool given
+# as a port would arrive as the int 1 and pass its check.)
 MODULES = [
     "tlsgate/logs.py",
     "tlsgate/proto/http1.py",
+    "tlsgate/proto/clienthello.py",
     "tlsgate/routing/balance.py",
     "tlsgate/routing/hosts.py",
     "tlsgate/net/deadlines.py",
