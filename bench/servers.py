@@ -57,7 +57,8 @@ KNOBS: dict[str, dict[str, str]] = {
     },
     "tlsgate": {
         "https": "[node] workers = 1 (rows 5b, 9: 2); https listener, default_certificate; "
-        "backend without health checks (pool: max_idle_per_server 32); [log] access = '' "
+        "backend without health checks (pool: max_idle_per_server 256, the default); "
+        "[log] access = '' "
         "(row 2: a file), error log to a file, level warning",
         "l4": "row 6: tls-passthrough listener with a route on SNI 'localhost'; "
         "row 7: tcp listener (splices)",

@@ -1,0 +1,138 @@
+"""Where one tlsgate worker's time goes under HTTPS keep-alive load: py-spy and perf.
+
+How this works: the same set-up as ``make bench`` row 1 (one worker pinned to
+core 0, the nginx backend and ``wrk -t1 -c50`` on core 1, 100-byte responses),
+then, while wrk runs, ``py-spy record`` on the worker (the Python frames; in the
+compiled build only what is still interpreted shows up by name) and, when
+``perf`` works here, ``perf record`` (every native library and the kernel).
+It prints, and writes to ``--output``, the share of samples per Python frame
+and per shared object. That file is what docs/benchmarks.md quotes.
+
+Run it with the project's virtualenv (``make compile`` first for the compiled
+build, or ``TLSGATE_PURE=1`` for pure Python)::
+
+    .venv/bin/python bench/profile.py --output docs/profiles/https-keepalive.txt
+
+Needs py-spy (``pip install py-spy``) and, for the native split, Debian's
+``linux-perf``; either is skipped with a note when missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from common import (
+    ProcessSet,
+    exit_on_signals,
+    free_port,
+    group_pids,
+    wait_until,
+    write_certificate,
+)
+from rows import https_probe
+from servers import HttpsOptions, start_backend, start_tlsgate_https
+
+import tlsgate
+
+
+def _worker_pid(pgid: int) -> int:
+    """The worker: the newest process of tlsgate's group (the supervisor is the first)."""
+    pids = sorted(group_pids(pgid))
+    return pids[-1]
+
+
+def _pyspy_summary(raw: Path, top: int) -> list[str]:
+    own: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        total += int(count)
+        own[stack.split(";")[-1]] += int(count)
+    lines = [f"py-spy: {total} samples, share by innermost Python frame"]
+    lines += [f"  {100 * n / total:5.1f} %  {frame}" for frame, n in own.most_common(top)]
+    return lines
+
+
+def _perf_summary(data: Path) -> list[str]:
+    out = subprocess.run(
+        ["perf", "report", "-i", str(data), "--no-children", "--sort", "dso", "-g", "none"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    rows = [line.strip() for line in out.splitlines() if line.strip() and line[0] != "#"]
+    return ["perf: share of samples by shared object", *("  " + r for r in rows[:12])]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=8, help="how long to sample")
+    parser.add_argument("--top", type=int, default=25, help="Python frames to list")
+    parser.add_argument("--output", type=Path, help="also write the summary here")
+    args = parser.parse_args(argv)
+    exit_on_signals()
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    have_pyspy = Path(pyspy).exists()
+    have_perf = shutil.which("perf") is not None
+    lines = [
+        f"bench/profile.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: one tlsgate "
+        f"worker on core 0 ({'compiled' if tlsgate.COMPILED else 'pure Python'}), nginx and "
+        f"wrk -t1 -c50 on core 1, HTTPS keep-alive, 100-byte responses, {args.seconds} s",
+    ]
+    with tempfile.TemporaryDirectory(prefix="tlsgate-profile-") as tmp:
+        work = Path(tmp)
+        with ProcessSet(work) as ps:
+            backend = start_backend(ps, work, free_port(), free_port(), work / "big", cpus="1")
+            port = free_port()
+            cert = write_certificate(work, "ecdsa-p256")
+            gate = start_tlsgate_https(
+                ps, work, port, backend.http_port, cert, HttpsOptions(), cpus="0"
+            )
+            wait_until(gate, https_probe(port), "tlsgate")
+            worker = _worker_pid(gate.pgid)
+            wrk = subprocess.Popen(
+                ["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{args.seconds + 3}s",
+                 f"https://127.0.0.1:{port}/"],
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            time.sleep(1.0)
+            samplers = []
+            raw = work / "pyspy.txt"
+            data = work / "perf.data"
+            if have_pyspy:
+                spy = [pyspy, "record", "-p", str(worker), "-f", "raw", "-o", str(raw)]
+                spy += ["-d", str(args.seconds), "-r", "250"]
+                samplers.append(
+                    subprocess.Popen(spy, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                )
+            if have_perf:
+                perf = ["perf", "record", "-F", "999", "-o", str(data), "-p", str(worker)]
+                perf += ["--", "sleep", str(args.seconds)]
+                samplers.append(
+                    subprocess.Popen(perf, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                )
+            for s in samplers:
+                s.wait()
+            wrk.wait()
+            lines += _pyspy_summary(raw, args.top) if have_pyspy else ["py-spy: not installed"]
+            lines += _perf_summary(data) if have_perf else ["perf: not installed"]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
