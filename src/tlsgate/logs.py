@@ -140,14 +140,16 @@ class AccessLog:
     """Appends JSON lines to stdout, a file, or nowhere; batched per event-loop turn.
 
     ``enabled`` is False for ``""``: callers check it and build no record at all.
-    With a ``loop``, lines are collected and written with one ``write`` at the end
-    of the loop iteration that produced them (or once ``FLUSH_AT`` bytes wait), so
-    a busy worker makes one system call for many requests; without one, each line
-    is written at once. Time stamps are UTC with milliseconds; the formatted
+    With a ``loop``, lines are collected and written with one ``write`` at most
+    ``FLUSH_AFTER`` seconds later (or once ``FLUSH_AT`` bytes wait, and on close), as
+    nginx's ``access_log ... buffer= flush=`` does, so a busy worker makes one system
+    call for many requests and its event loop never spins for the log; without a
+    loop, each line is written at once. Time stamps are UTC with milliseconds; the formatted
     second is cached, so a line costs no ``datetime`` work.
     """
 
     FLUSH_AT = 64 * 1024
+    FLUSH_AFTER = 0.1  # seconds: a line reaches the file this long after its request at most
 
     def __init__(self, destination: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.destination = destination
@@ -190,7 +192,7 @@ class AccessLog:
             self.flush()
         elif not self._scheduled:
             self._scheduled = True
-            self.loop.call_soon(self.flush)
+            self.loop.call_later(self.FLUSH_AFTER, self.flush)
 
     def flush(self) -> None:
         """Write what is collected, in one system call."""

@@ -11,7 +11,7 @@ and per shared object. That file is what docs/benchmarks.md quotes.
 Run it with the project's virtualenv (``make compile`` first for the compiled
 build, or ``TLSGATE_PURE=1`` for pure Python)::
 
-    .venv/bin/python bench/profile.py --output docs/profiles/https-keepalive.txt
+    .venv/bin/python bench/profile_worker.py --output docs/profiles/https-keepalive.txt
 
 Needs py-spy (``pip install py-spy``) and, for the native split, Debian's
 ``linux-perf``; either is skipped with a note when missing.
@@ -85,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     have_pyspy = Path(pyspy).exists()
     have_perf = shutil.which("perf") is not None
     lines = [
-        f"bench/profile.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: one tlsgate "
+        f"bench/profile_worker.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: one tlsgate "
         f"worker on core 0 ({'compiled' if tlsgate.COMPILED else 'pure Python'}), nginx and "
         f"wrk -t1 -c50 on core 1, HTTPS keep-alive, 100-byte responses, {args.seconds} s",
     ]
