@@ -85,8 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     have_pyspy = Path(pyspy).exists()
     have_perf = shutil.which("perf") is not None
     lines = [
-        f"bench/profile_worker.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: one tlsgate "
-        f"worker on core 0 ({'compiled' if tlsgate.COMPILED else 'pure Python'}), nginx and "
+        f"bench/profile_worker.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
+        f"one tlsgate worker on core 0 ({'compiled' if tlsgate.COMPILED else 'pure Python'}), nginx and "
         f"wrk -t1 -c50 on core 1, HTTPS keep-alive, 100-byte responses, {args.seconds} s",
     ]
     with tempfile.TemporaryDirectory(prefix="tlsgate-profile-") as tmp:
