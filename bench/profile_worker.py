@@ -84,10 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     have_pyspy = Path(pyspy).exists()
     have_perf = shutil.which("perf") is not None
+    build = "compiled" if tlsgate.COMPILED else "pure Python"
     lines = [
         f"bench/profile_worker.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
-        f"one tlsgate worker on core 0 ({'compiled' if tlsgate.COMPILED else 'pure Python'}), nginx and "
-        f"wrk -t1 -c50 on core 1, HTTPS keep-alive, 100-byte responses, {args.seconds} s",
+        f"one tlsgate worker on core 0 ({build}), nginx and wrk -t1 -c50 on core 1, "
+        f"HTTPS keep-alive, 100-byte responses, {args.seconds} s",
     ]
     with tempfile.TemporaryDirectory(prefix="tlsgate-profile-") as tmp:
         work = Path(tmp)
