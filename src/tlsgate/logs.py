@@ -137,7 +137,7 @@ def _json_str(value: str | None) -> str:
 
 
 class AccessLog:
-    """Appends JSON lines to stdout, a file, or nowhere; batched per event-loop turn.
+    """Appends JSON lines to stdout, a file, or nowhere; batched, at most 0.1 s late.
 
     ``enabled`` is False for ``""``: callers check it and build no record at all.
     With a ``loop``, lines are collected and written with one ``write`` at most
