@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -452,8 +453,7 @@ class L4Session:
             host, port = server.state.host, server.state.port
             family: int
             sockaddr: Any
-            if server.state.key in _LITERAL or is_ip(host):  # no resolver round trip
-                _LITERAL.add(server.state.key)
+            if is_ip(host):  # the common case: no resolver round trip through a thread
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
                 sockaddr = (host, port)
             else:
@@ -585,9 +585,6 @@ class L4Session:
         )
 
 
-_LITERAL: set[str] = set()  # server addresses known to be IP literals
-
-
 async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, sockaddr: Any) -> None:
     """Connect a non-blocking socket to an already resolved address.
 
@@ -613,6 +610,7 @@ def _writable(done: asyncio.Future[None]) -> None:
         done.set_result(None)
 
 
+@functools.lru_cache(maxsize=1024)  # called per connect with the same few server hosts
 def is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)

@@ -10,6 +10,7 @@ and responses, with hand-picked cases and with hypothesis.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import httptools
 import pytest
@@ -31,9 +32,13 @@ class _Collect:
         self.complete = True
 
 
-def _request(data: bytes) -> tuple[_Collect, httptools.HttpRequestParser] | None:
+def _parse(
+    parser_type: type[httptools.HttpRequestParser] | type[httptools.HttpResponseParser],
+    data: bytes,
+) -> tuple[_Collect, Any] | None:
+    """The headers llhttp accepted and the parser, or None when it refused the bytes."""
     sink = _Collect()
-    parser = httptools.HttpRequestParser(sink)
+    parser = parser_type(sink)
     try:
         parser.feed_data(data)
     except httptools.HttpParserUpgrade:
@@ -43,16 +48,13 @@ def _request(data: bytes) -> tuple[_Collect, httptools.HttpRequestParser] | None
     return sink, parser
 
 
+def _request(data: bytes) -> tuple[_Collect, httptools.HttpRequestParser] | None:
+    return _parse(httptools.HttpRequestParser, data)
+
+
 def _response(data: bytes) -> _Collect | None:
-    sink = _Collect()
-    parser = httptools.HttpResponseParser(sink)
-    try:
-        parser.feed_data(data)
-    except httptools.HttpParserUpgrade:
-        pass
-    except httptools.HttpParserError:
-        return None
-    return sink
+    parsed = _parse(httptools.HttpResponseParser, data)
+    return None if parsed is None else parsed[0]
 
 
 @pytest.mark.parametrize("value", [b"a\x00b", b"a\rb", b"a\nb", b"a\x01b", b"a\x7fb"])
