@@ -30,7 +30,12 @@ from harness import Pki, free_port
 
 from tlsgate.ca.local import LocalCA
 from tlsgate.config.model import BackendConfig, HealthCheckConfig, ServerConfig
-from tlsgate.net.health_check import HealthChecker, health_check_context, probe
+from tlsgate.net.health_check import (
+    HealthChecker,
+    _open_connection,
+    health_check_context,
+    probe,
+)
 from tlsgate.proto.proxy_protocol import ProxyHeader, build_v2, parse_proxy_header
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -330,6 +335,31 @@ def test_tls_check_of_a_server_that_does_not_speak_tls(
     ok, why = run(probe(server.address, check("tls", timeout=5.0, interval=10.0), None, ""))
     assert not ok
     assert why.startswith("TLS handshake failed: the server does not speak TLS"), why
+
+
+def test_a_banner_that_arrives_before_the_handshake_reaches_the_tls_layer(
+    run: Run, servers: Callable[..., Server]
+) -> None:
+    """The race behind a flaky CI run, made certain: the banner is in the socket
+    before ``start_tls`` is called. A stream that kept reading would have buffered it
+    where OpenSSL never looks, and the handshake would wait for the timeout."""
+    server = servers(banner=b"SSH-2.0-OpenSSH_9.2\r\n")
+
+    async def scenario() -> str:
+        _, writer = await _open_connection(server.address, hold_reading=True)
+        try:
+            await asyncio.sleep(0.3)  # the banner has arrived by now
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            async with asyncio.timeout(5):
+                with pytest.raises(ssl.SSLError) as caught:
+                    await writer.start_tls(context)
+            return str(caught.value.reason)
+        finally:
+            writer.transport.abort()
+
+    assert run(scenario()) == "WRONG_VERSION_NUMBER"
 
 
 def test_tls_check_of_a_silent_server_times_out(run: Run, servers: Callable[..., Server]) -> None:

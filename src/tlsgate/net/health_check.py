@@ -119,6 +119,37 @@ def proxy_header_for_check(
     return b""
 
 
+class _HeldStreamProtocol(asyncio.StreamReaderProtocol):
+    """A stream protocol that stops reading the moment it is connected.
+
+    A server that speaks first (an SSH or SMTP banner) may have its greeting arrive
+    before ``start_tls``; a reading stream would keep those bytes in its own buffer,
+    where the TLS layer never sees them, and the handshake would wait for an answer
+    that has already come. Held, the bytes stay in the socket until ``start_tls``
+    resumes reading, so OpenSSL reads them and says they are not TLS.
+    """
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert isinstance(transport, asyncio.ReadTransport)
+        transport.pause_reading()
+
+
+async def _open_connection(
+    server: ServerConfig, *, hold_reading: bool
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """``asyncio.open_connection``, with reading held until ``start_tls`` when a TLS
+    handshake follows (see :class:`_HeldStreamProtocol`)."""
+    if not hold_reading:
+        return await asyncio.open_connection(server.host, server.port)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(loop=loop)
+    transport, protocol = await loop.create_connection(
+        lambda: _HeldStreamProtocol(reader, loop=loop), server.host, server.port
+    )
+    return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+
 def _endpoint(writer: asyncio.StreamWriter, which: str) -> tuple[str, int] | None:
     """``sockname``/``peername`` as ``(ip, port)``; IPv6 addresses come as 4-tuples."""
     address = writer.get_extra_info(which)
@@ -212,7 +243,7 @@ async def probe(
     failed = False
     try:
         async with asyncio.timeout(check.timeout):
-            reader, writer = await asyncio.open_connection(server.host, server.port)
+            reader, writer = await _open_connection(server, hold_reading=tls is not None)
             if send_proxy_protocol:
                 step = "PROXY header"
                 writer.write(
