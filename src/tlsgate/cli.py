@@ -208,7 +208,13 @@ def cmd_serve(path: str) -> int:
         _print_problems(exc.problems)
         return EXIT_USAGE
     except CertificateError as exc:
+        # the same refusal `tlsgate check` reports (tlsgate.certs.bundle.servable_bundle)
         print(f"error: {exc}", file=sys.stderr)
+        print(
+            f"{path}: not started: a certificate cannot be served "
+            f"('tlsgate check -c {path}' lists every problem)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     except TlsgateError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -12,7 +12,10 @@ How this works:
 * SIGHUP: re-read and validate the config and certificates; on success push
   the new model to every worker (in place, no restart) and adjust sockets,
   worker count and health checks; on failure log every problem and keep
-  serving the old configuration.
+  serving the old configuration. Certificates are judged by
+  ``tlsgate.certs.bundle.servable_bundle``, as ``tlsgate check`` judges them:
+  one that is expired, not yet valid, mismatched with its key, truncated or
+  with a broken chain refuses the whole reload (and, at start, the start).
 * SIGTERM/SIGINT: tell every worker to drain within ``node.shutdown_timeout``,
   wait for them, exit.
 * Health checks run here and changes are pushed to every worker.
@@ -34,6 +37,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import uvloop
 
@@ -62,6 +66,7 @@ from tlsgate.store import Store, open_store
 log = logging.getLogger("tlsgate.supervisor")
 
 CONFIGURE_TIMEOUT = 30.0
+EXPIRY_WARNING = timedelta(days=7)  # warn (not refuse) when a certificate expires this soon
 RESTART_WINDOW = 30.0
 RESTARTS_BEFORE_BACKOFF = 5
 
@@ -112,16 +117,24 @@ def load_everything(path: str) -> tuple[Config, tuple[CertificateBundle, ...]]:
 
     Raises:
         ConfigError: the config, or a feature it asks for, is invalid here.
-        CertificateError: a certificate or key file is unusable.
+        CertificateError: a certificate cannot be served (unreadable, expired or
+            not yet valid, a key that does not match, a truncated PEM block, a
+            broken chain); the message names it and says which.
     """
     config = load_config(path)
     problems = unsupported_features(config)
     if problems:
         raise ConfigError(problems)
     bundles = tuple(load_bundles(config))
+    now = datetime.now(UTC)
     for b in bundles:
-        if b.not_after.timestamp() < time.time():
-            log.warning("certificate %s expired on %s", b.name, b.not_after.isoformat())
+        if b.not_after - now < EXPIRY_WARNING:
+            log.warning(
+                "certificate %s in %s expires soon, on %s: replace it and reload",
+                b.name,
+                b.source,
+                b.not_after.isoformat(),
+            )
     return config, bundles
 
 
@@ -323,21 +336,35 @@ class Supervisor:
         managed = self.manager.bundles() if self.manager is not None else []
         return self.bundles + tuple(managed)
 
-    async def _start_certificates(self, config: Config) -> None:
-        """Open the store and load managed certificates (nothing is ordered yet)."""
-        if self._manager_task is not None:
-            self._manager_task.cancel()
-            self._manager_task = None
-        self.manager = None
+    async def _new_manager(self, config: Config) -> CertificateManager | None:
+        """A manager for ``config`` with the store's certificates loaded; None without [acme].
+
+        Nothing is ordered and nothing in service changes: :meth:`_use_manager`
+        puts it in place once the whole (re)load has succeeded. Where the store
+        has nothing servable, the current manager's certificate is carried over
+        (:meth:`CertificateManager.inherit`).
+
+        Raises:
+            StoreError: the store cannot be opened or read.
+        """
         if config.acme is None:
-            return
+            return None
         if self.store is None:
             data_dir = config.node.data_dir
             data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             key_file = config.store.key_file or data_dir / "store.key"
             self.store = open_store(config.store.url, key_file=key_file)
-        self.manager = CertificateManager(config, self.store, self, self._certificates_changed)
-        await self.manager.load()
+        manager = CertificateManager(config, self.store, self, self._certificates_changed)
+        await manager.load()
+        manager.inherit(self.manager)
+        return manager
+
+    def _use_manager(self, manager: CertificateManager | None) -> None:
+        """Replace the certificate manager (stopping the old one's loop); see _run_manager."""
+        if self._manager_task is not None:
+            self._manager_task.cancel()
+            self._manager_task = None
+        self.manager = manager
 
     def _run_manager(self) -> None:
         if self.manager is not None and self.loop is not None:
@@ -439,7 +466,7 @@ class Supervisor:
         self._stop_event = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._pushes: set[asyncio.Task[None]] = set()
-        await self._start_certificates(self.config)
+        self._use_manager(await self._new_manager(self.config))
         n = worker_count(self.config)
         binds = all_binds(self.config)
         for slot in range(n):
@@ -487,6 +514,15 @@ class Supervisor:
             log.error("reload failed; still serving generation %d", self.generation)
             return
         except CertificateError as exc:
+            log.error(
+                "reload failed: %s; still serving generation %d with its certificates",
+                exc,
+                self.generation,
+            )
+            return
+        try:
+            manager = await self._new_manager(config)
+        except (StoreError, CertificateError) as exc:
             log.error("reload failed: %s; still serving generation %d", exc, self.generation)
             return
         old_config = self.config
@@ -505,11 +541,7 @@ class Supervisor:
                         del socks[bind]
             log.error("reload failed: %s; still serving generation %d", exc, self.generation)
             return
-        try:
-            await self._start_certificates(config)
-        except (StoreError, CertificateError) as exc:
-            log.error("reload failed: %s; still serving generation %d", exc, self.generation)
-            return
+        self._use_manager(manager)
         self.config, self.bundles = config, bundles
         self.generation += 1
         self._sync_health_checkers()

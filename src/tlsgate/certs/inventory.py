@@ -44,6 +44,7 @@ from tlsgate.certs.bundle import (
     bundle_from_pem,
     key_type_of,
     load_bundle,
+    parse_pem_chain,
 )
 from tlsgate.certs.manager import RENEW_REQUEST, directory_id
 from tlsgate.config.model import CertificateConfig, Config
@@ -372,9 +373,10 @@ def _describe_chain(
     key_type: str, chain_pem: bytes, *, source: str, now: datetime | None, **extra: Any
 ) -> KeyState:
     try:
-        chain = x509.load_pem_x509_certificates(chain_pem)
-    except ValueError as exc:
-        raise CertificateError(f"no readable certificate in {source}") from exc
+        # the parser serve uses: a truncated intermediate is an error, not skipped
+        chain = parse_pem_chain(chain_pem, source)
+    except CertificateError as exc:
+        raise CertificateError(f"no readable certificate chain: {exc}") from exc
     leaf = chain[0]
     moment = now or datetime.now(UTC)
     status: Status = "valid"

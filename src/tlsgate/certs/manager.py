@@ -13,6 +13,13 @@ store, release in ``finally``. Then ``on_change`` pushes the new bundles to
 every worker. Failures back off exponentially (capped) and leave the current
 certificate in service; the error is kept in the store for ``certs list``.
 
+Every certificate that would go into service, whether just issued by the CA
+or found in the store (at start, or put there by another node), first passes
+``tlsgate.certs.bundle.servable_bundle``, the same decision ``tlsgate check``,
+``serve`` and SIGHUP make: one that is expired, not yet valid, mismatched
+with its key, truncated or with a broken chain is refused, logged with the
+reason, and the current certificate stays in service.
+
 Store layout (keys ending in ``.key`` are sealed by the store)::
 
     acme/<directory-id>/account.key       account private key (PEM)
@@ -55,7 +62,12 @@ from tlsgate.acme import (
     tls_alpn01_certificate,
 )
 from tlsgate.acme.client import Authorization, Challenge
-from tlsgate.certs.bundle import CertificateBundle, bundle_from_pem
+from tlsgate.certs.bundle import (
+    CertificateBundle,
+    bundle_from_pem,
+    servable_bundle,
+    validate_bundle,
+)
 from tlsgate.certs.dns01 import Rfc2136Updater
 from tlsgate.config.model import AcmeConfig, CertificateConfig, Config
 from tlsgate.errors import CertificateError, StoreError
@@ -146,6 +158,16 @@ def placeholder_bundle(cert: CertificateConfig) -> CertificateBundle:
     )
 
 
+def _kept(current: CertificateBundle | None) -> str:
+    """What stays in service after a refusal, for the log line."""
+    if current is None:
+        return "it is not served"
+    return (
+        f"the current certificate (sha256 {current.fingerprint_sha256[:16]}, valid until "
+        f"{current.not_after.isoformat()}) stays in service"
+    )
+
+
 def directory_id(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()[:16]
 
@@ -209,6 +231,11 @@ class CertificateManager:
             await self._load_one(m)
 
     async def _load_one(self, m: Managed) -> bool:
+        """Adopt the store's certificate for ``m`` if it may be served; True if adopted.
+
+        A refused one (see :func:`servable_bundle`) is logged and leaves
+        ``m.bundle``, the certificate in service, as it was.
+        """
         chain = await self.store.get(f"{m.prefix}/chain.pem")
         key = await self.store.get(f"{m.prefix}/privkey.key")
         meta = await self.store.get(f"{m.prefix}/meta.json")
@@ -217,7 +244,7 @@ class CertificateManager:
         if chain is None or key is None:
             return False
         try:
-            bundle = bundle_from_pem(
+            bundle = servable_bundle(
                 m.cert.name,
                 m.cert.domains,
                 chain.value,
@@ -227,7 +254,11 @@ class CertificateManager:
             )
         except CertificateError as exc:
             log.error(
-                "certificate %s (%s): unusable in the store: %s", m.cert.name, m.key_type, exc
+                "certificate %s (%s): refusing the certificate in the store: %s; %s",
+                m.cert.name,
+                m.key_type,
+                exc,
+                _kept(m.bundle),
             )
             return False
         m.bundle = bundle
@@ -238,6 +269,36 @@ class CertificateManager:
             else default_renewal_time(bundle.not_before, bundle.not_after, self.rng)
         )
         return True
+
+    def inherit(self, previous: CertificateManager | None) -> None:
+        """Keep serving what ``previous`` (the manager a reload replaces) had in service.
+
+        For each (certificate, key type) the store gave nothing servable for,
+        the previous manager's certificate is carried over, with its renewal
+        time, if the names are unchanged and it still passes
+        :func:`validate_bundle`. So a bad certificate in the store does not
+        replace a good one on SIGHUP either.
+        """
+        if previous is None:
+            return
+        current = {(p.cert.name, p.key_type): p for p in previous.managed if p.bundle}
+        for m in self.managed:
+            old = current.get((m.cert.name, m.key_type))
+            if m.bundle is not None or old is None or old.bundle is None:
+                continue
+            if set(old.bundle.domains) != set(m.cert.domains):
+                continue
+            try:
+                validate_bundle(old.bundle)
+            except CertificateError:
+                continue
+            log.info(
+                "certificate %s (%s): keeping the certificate in service (the store has "
+                "none that can be served)",
+                m.cert.name,
+                m.key_type,
+            )
+            m.bundle, m.renew_at = old.bundle, old.renew_at
 
     def due(self, m: Managed, now: datetime | None = None) -> bool:
         now = now or datetime.now(UTC)
@@ -349,7 +410,15 @@ class CertificateManager:
                     " (renewal)" if m.bundle else "",
                 )
                 chain, key_pem = await self._order(m, replaces)
-                bundle = bundle_from_pem(name, m.cert.domains, chain, key_pem)
+                # checked before it is stored: a refused one must not reach other nodes
+                bundle = servable_bundle(
+                    name,
+                    m.cert.domains,
+                    chain,
+                    key_pem,
+                    cert_source=f"the chain issued by {self.acme.directory}",
+                    key_source="the new private key",
+                )
                 await self.store.put(f"{m.prefix}/chain.pem", chain)
                 await self.store.put(f"{m.prefix}/privkey.key", key_pem)
                 m.bundle = bundle
