@@ -62,7 +62,9 @@ class AccessRecord:
 
     Both kinds share the identity fields; each writes its own extra fields, and
     ``None`` values are written as JSON ``null`` so every line of a kind has the
-    same keys.
+    same keys -- except an http line's ``request_id`` and ``error``, written only
+    when set (an exchange that went wrong: the id its error page showed the
+    client, and what happened).
     """
 
     kind: Literal["http", "stream"]
@@ -83,7 +85,8 @@ class AccessRecord:
     path: str | None = None
     status: int = 0
     upstream_duration_ms: float | None = None
-    error: str = ""
+    error: str = ""  # what went wrong, for the operator (never shown to the client)
+    request_id: str = ""  # the id an error page showed the client; "" = none
     # stream
     client_port: int = 0
     protocol: str = ""
@@ -110,6 +113,8 @@ class AccessRecord:
                 f',"upstream_duration_ms":{"null" if up is None else repr(up)}'
                 f',"duration_ms":{self.duration_ms!r},"worker":{self.worker}'
             )
+            if self.request_id:
+                line += f',"request_id":{s(self.request_id)}'
             if self.error:
                 line += f',"error":{s(self.error)}'
             return line + "}"

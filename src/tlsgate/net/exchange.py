@@ -19,19 +19,32 @@ Whether the request body has been read completely is the one other dimension
     CONNECTING -> FORWARDING (head sent upstream) | DONE (no route/server: error answer)
     FORWARDING -> RESPONDING (response head relayed) | CONNECTING (stale pooled
                   connection: retried once) | DONE (upstream failed: error answer)
-    RESPONDING -> DONE (response complete, or cut short) | TUNNEL (101)
+    RESPONDING -> DONE (response complete, or cut short; or an error answer when the
+                  head relayed is still corked) | TUNNEL (101)
     TUNNEL     -> DONE
     any but DONE/ABANDONED -> ABANDONED (the client went away)
 
 Framing and keep-alive decisions are the pure functions of ``proto.http1``
 (:func:`~tlsgate.proto.http1.response_framing`,
 :func:`~tlsgate.proto.http1.client_keep_alive`).
+
+Errors: until the response head has reached the client, every failure is
+answered with an error page (:meth:`Exchange.error_page`): upstream trouble
+with 502/503/504, including a broken response whose head was relayed in the
+same upstream read, which is still corked in the client's output and taken
+back. After that, the client connection is aborted (the only honest option).
+Either way the exchange gets a request id -- 16 random hex digits, made only
+on these paths -- and the detail goes to the error log and the access log
+under it. A 5xx page shows the client only its status and that id: server
+addresses, errno text and config names stay inside. A 4xx page also says what
+was wrong with the request, in words that name no setting.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from tlsgate.errors import (
@@ -39,6 +52,7 @@ from tlsgate.errors import (
     LocalProtocolError,
     NoServerAvailable,
     UpstreamError,
+    UpstreamProtocolError,
     UpstreamTimeout,
 )
 from tlsgate.logs import AccessRecord
@@ -57,6 +71,11 @@ log = logging.getLogger("tlsgate.http")
 BUFFER_HIGH_WATER = 256 * 1024
 
 _NOTHING: frozenset[str] = frozenset()
+
+
+def new_request_id() -> str:
+    """16 random hex digits that name one failed exchange (made on error paths only)."""
+    return os.urandom(8).hex()
 
 
 class State(enum.IntEnum):
@@ -105,6 +124,7 @@ class Exchange:
         "local_response",
         "request_chunked",
         "request_done",
+        "request_id",
         "response_started",
         "reused",
         "server",
@@ -158,6 +178,7 @@ class Exchange:
         self.stale_retry_done = False
         self.upstream_paused_by_client = False
         self.error_detail = ""
+        self.request_id = ""
 
     def _to(self, new: State) -> None:
         if new not in _TRANSITIONS[self.state]:
@@ -176,9 +197,7 @@ class Exchange:
         self.body_received += len(data)
         limit = self.conn.limits.max_body_size
         if limit and self.body_received > limit and not self.upgrade:
-            raise ClientProtocolError(
-                f"request body exceeds max_body_size ({limit} bytes)", status_hint=413
-            )
+            raise ClientProtocolError(f"request body is larger than {limit} bytes", status_hint=413)
         if self.request_chunked:
             data = http1.encode_chunk(data)
         self._send_upstream(data)
@@ -306,8 +325,13 @@ class Exchange:
         if not self.t_upstream:
             self.t_upstream = self.conn.loop.time()
         server.state.active += 1
-        upstream.begin(self, head_request=info.method == b"HEAD")
         conn = self.conn
+        upstream.begin(
+            self,
+            head_request=info.method == b"HEAD",
+            max_head_size=conn.max_header_size,
+            max_head_fields=conn.max_headers,
+        )
         cfg = server.backend.config
         if cfg.send_proxy_protocol and not reused:
             # a new connection for this client: its first bytes name the real client
@@ -361,13 +385,17 @@ class Exchange:
     ) -> None:
         info = self.info
         assert info is not None
+        if status == 101 and not self.upgrade:
+            # raised into the upstream's parser: a failure before anything was relayed
+            raise UpstreamProtocolError(
+                f"server {self.server.key if self.server else '-'} switched protocols (101) "
+                "without an upgrade request"
+            )
         self._to(RESPONDING)
         conn = self.conn
         self.upstream_ms = (conn.loop.time() - self.t_upstream) * 1000.0
         self.status = status
         self.response_started = True
-        if status == 101 and not self.upgrade:
-            self.error_detail = "server switched protocols without an upgrade request"
         self.client_keep_alive = http1.client_keep_alive(
             wanted=self.client_keep_alive,
             request_done=self.request_done,
@@ -422,14 +450,17 @@ class Exchange:
             self.conn.write(data)
         self.conn.start_tunnel(self, upstream)
 
-    def upstream_failed(self, error: UpstreamFailure) -> None:
+    def upstream_failed(self, error: UpstreamFailure, *, unsent: bool = False) -> None:
         if self.state >= DONE:
             return
         server = self.server
         info = self.info
+        upstream = self.upstream
         if (
-            self.upstream is not None
+            upstream is not None
             and self.reused
+            # the server answered something: it saw the request, which must not go twice
+            and not upstream.response_started
             and self.state == FORWARDING
             and not self.stale_retry_done
             and info is not None
@@ -446,11 +477,12 @@ class Exchange:
             self._to(CONNECTING)
             self.conn.ctx.spawn(self._connect(server))
             return
-        if self.response_started:
-            log.warning("backend %s: %s (response cut short)", self._backend_name(), error)
-            self.error_detail = str(error)
-            self.finish(reusable=False, abort_client=True)
-            return
+        if self.response_started and unsent and self.state == RESPONDING:
+            # the head was relayed in this same upstream read: still corked, so it never
+            # left, and the client can still be told 502 instead
+            self.conn.discard_corked()
+            self.response_started = False
+            self.bytes_out = 0
         self.fail_upstream(error)
 
     def upstream_pause_writing(self) -> None:
@@ -474,30 +506,91 @@ class Exchange:
 
     # ---- endings --------------------------------------------------------------------------------
 
-    def _backend_name(self) -> str:
-        return self.backend.name if self.backend else "-"
-
     def fail_upstream(self, error: UpstreamFailure) -> None:
         # each error knows its status: 504 for timeouts, 503 for no server, else 502
         status = error.status_hint if error.status_hint in (502, 503, 504) else 502
-        log.warning("backend %s: answering %d: %s", self._backend_name(), status, error)
         self.fail_local(status, str(error))
 
-    def fail_local(self, status: int, detail: str) -> None:
+    def fail_local(
+        self,
+        status: int,
+        detail: str,
+        public: str | None = None,
+        *,
+        client_error: bool | None = None,
+    ) -> None:
+        """Answer ``status`` (see :meth:`error_page`), or abort the client if too late."""
         if self.state >= DONE:
             return
-        self.error_detail = detail
+        if client_error is None:
+            client_error = status < 500
         if self.response_started:
+            self.request_id = rid = new_request_id()
+            self.error_detail = detail
+            log.log(
+                logging.INFO if client_error else logging.WARNING,
+                "%s: request %s: response cut short, closing the client connection: %s",
+                self._where(),
+                rid,
+                detail,
+            )
             self.finish(reusable=False, abort_client=True)
             return
         self.status = status
         self.client_keep_alive = self.client_keep_alive and self.request_done and status < 500
         head = self.info is not None and self.info.method == b"HEAD"
-        self.conn.write(
-            http1.error_response(status, detail, close=not self.client_keep_alive, head=head)
+        page = self.error_page(
+            status,
+            detail,
+            public,
+            client_error=client_error,
+            close=not self.client_keep_alive,
+            head=head,
         )
+        self.conn.write(page)
         self.response_started = True
         self.finish(reusable=False)
+
+    def error_page(
+        self,
+        status: int,
+        detail: str,
+        public: str | None = None,
+        *,
+        client_error: bool | None = None,
+        close: bool = True,
+        head: bool = False,
+    ) -> bytes:
+        """The error response for ``status``, with a new request id, logged with ``detail``.
+
+        ``client_error`` (default: a 4xx status) says the request was at fault, not the
+        inside: a rejected request, whatever its status (501 and 505 too). The client
+        sees ``public``; by default ``detail`` itself for a client error (it says what
+        was wrong with the request, and callers phrase it without naming settings),
+        else nothing (the detail is about the inside: server addresses, system errors,
+        settings). The error log (info for client errors, else warning) and the access
+        log get ``detail`` and the id.
+        """
+        if client_error is None:
+            client_error = status < 500
+        self.request_id = rid = new_request_id()
+        self.error_detail = detail
+        if public is None:
+            public = detail if client_error else ""
+        log.log(
+            logging.INFO if client_error else logging.WARNING,
+            "%s: request %s from %s: answering %d: %s",
+            self._where(),
+            rid,
+            self.conn.fwd.client_ip,
+            status,
+            detail,
+        )
+        return http1.error_response(status, public, close=close, head=head, request_id=rid)
+
+    def _where(self) -> str:
+        where = f"listener {self.conn.listener.name}"
+        return f"{where}, backend {self.backend.name}" if self.backend else where
 
     def _detach(self, *, reusable: bool) -> None:
         upstream, self.upstream = self.upstream, None
@@ -567,4 +660,5 @@ class Exchange:
             status=self.status,
             upstream_duration_ms=round(self.upstream_ms, 3) if self.upstream_ms >= 0 else None,
             error=self.error_detail,
+            request_id=self.request_id,
         )

@@ -22,7 +22,12 @@ A ``101 Switching Protocols`` answer to an upgrade request (WebSocket) turns
 the pair of connections into a byte tunnel.
 
 Errors are answered as HTTP responses (400/408/413/431 for clients, 502/503/504
-for upstream trouble) through the same queue, so they too come in order.
+for upstream trouble) through the same queue, so they too come in order. Each
+error page carries a request id that the error and access logs repeat with the
+detail (``Exchange.error_page``); a 4xx page says what was wrong with the
+request without naming a setting, a 5xx page says nothing more. An HTTP/0.9
+request line (no version) is refused with 400 as soon as it has ended, not
+left to the header timeout.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import httptools
 from tlsgate.errors import ClientProtocolError
 from tlsgate.net.context import ServeContext
 from tlsgate.net.deadlines import INF
-from tlsgate.net.exchange import DONE, WAITING, Exchange
+from tlsgate.net.exchange import DONE, WAITING, Exchange, new_request_id
 from tlsgate.net.runtime import ListenerRuntime
 from tlsgate.net.upstream import Headers, UpstreamConnection
 from tlsgate.proto import http1
@@ -79,6 +84,9 @@ class ClientConnection(asyncio.Protocol):
         self.loop = ctx.loop
         self.listener = listener
         self.limits = listener.config.limits
+        # the response head limits each exchange hands its upstream connection
+        self.max_header_size = self.limits.max_header_size
+        self.max_headers = self.limits.max_headers
         self.tls = tls
         self.hsts = listener.config.hsts if tls else ""
         self.proxy = proxy
@@ -155,13 +163,16 @@ class ClientConnection(asyncio.Protocol):
         self.listener.connections.add(self)
         self.ctx.connections.add(self)
         if len(self.listener.connections) > self.limits.max_connections:
+            rid = new_request_id()
             log.warning(
-                "listener %s: max_connections (%d) reached; refusing a connection from %s",
+                "listener %s: request %s: max_connections (%d) reached; refusing a connection "
+                "from %s",
                 self.listener.name,
+                rid,
                 self.limits.max_connections,
                 peer_ip,
             )
-            self.write(http1.error_response(503, "too many connections", close=True))
+            self.write(http1.error_response(503, "", close=True, request_id=rid))
             self._close()
             return
         if self.draining or self.ctx.draining:
@@ -291,6 +302,8 @@ class ClientConnection(asyncio.Protocol):
             return  # closed
         try:
             self.parser.feed_data(data)
+            if self.in_head and self._url:
+                self._check_request_line(data)  # rare: a head split over reads
         except httptools.HttpParserUpgrade as exc:
             self.upgraded = True
             offset = int(exc.args[0]) if exc.args else len(data)
@@ -306,15 +319,27 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._reject(400, f"malformed request: {exc}")
 
+    def _check_request_line(self, data: bytes) -> None:
+        """Refuse an HTTP/0.9 request line (``GET /`` and no version) once it has ended.
+
+        llhttp takes it for HTTP/0.9 and goes on to wait for header fields, which
+        such a client never sends: without this, the header timeout would answer
+        408. llhttp reports version 0.9 only once a byte after the line has come;
+        before that, a request line that ended (``data`` ends with LF, after the
+        target) while no version was parsed (still 0.0) is the same case. (After
+        an earlier request on the connection llhttp goes on reporting that one's
+        version, so an HTTP/0.9 line pipelined behind it is refused only when its
+        head ends, by ``validate_request``, or else by the header timeout.)
+        """
+        p = self.parser
+        if p is None or self.paused & self.PAUSED_REJECTED:
+            return
+        version = p.get_http_version()
+        if version == "0.9" or (version == "0.0" and data.endswith(b"\n")):
+            self._reject(400, "HTTP/0.9 request line (no HTTP version)")
+
     def _reject(self, status: int, detail: str) -> None:
         """Answer a broken request (after anything queued before it) and stop reading."""
-        log.info(
-            "listener %s: rejected a request from %s: %d %s",
-            self.listener.name,
-            self.fwd.client_ip,
-            status,
-            detail,
-        )
         self.deadline = INF
         self.pause_reading(self.PAUSED_REJECTED)
         ex = self.receiving
@@ -325,17 +350,11 @@ class ClientConnection(asyncio.Protocol):
             ex.request_done = True
             ex.client_keep_alive = False
             ex.close_after = True
-            ex.fail_local(status, detail)
+            ex.fail_local(status, detail, client_error=True)
             return
-        ex = Exchange(
-            self,
-            None,
-            [],
-            local_response=http1.error_response(status, detail, close=True),
-            local_status=status,
-            close_after=True,
-        )
-        ex.error_detail = detail
+        ex = Exchange(self, None, [], local_status=status, close_after=True)
+        # the detail describes the request (even for 501/505): the client may read it
+        ex.local_response = ex.error_page(status, detail, client_error=True)
         self._enqueue(ex)
 
     # ---- httptools callbacks -----------------------------------------------------------------
@@ -354,7 +373,7 @@ class ClientConnection(asyncio.Protocol):
         self._head_size += len(url)
         if self._head_size > self.limits.max_header_size:
             raise ClientProtocolError(
-                f"request target is longer than max_header_size ({self.limits.max_header_size})",
+                f"request target is longer than {self.limits.max_header_size} bytes",
                 status_hint=414,
             )
 
@@ -370,13 +389,11 @@ class ClientConnection(asyncio.Protocol):
         limits = self.limits
         if len(headers) > limits.max_headers:
             raise ClientProtocolError(
-                f"more than max_headers ({limits.max_headers}) header fields",
-                status_hint=431,
+                f"more than {limits.max_headers} header fields", status_hint=431
             )
         if self._head_size > limits.max_header_size:
             raise ClientProtocolError(
-                f"request head is larger than max_header_size ({limits.max_header_size} bytes)",
-                status_hint=431,
+                f"request head is larger than {limits.max_header_size} bytes", status_hint=431
             )
 
     def on_headers_complete(self) -> None:
@@ -544,6 +561,15 @@ class ClientConnection(asyncio.Protocol):
         if not self._corked and self._out:
             self._flush()
 
+    def discard_corked(self) -> None:
+        """Drop the output held by ``cork``: a response head and body that must not go out.
+
+        Only the exchange relaying the current upstream read writes while corked, so
+        what is held is all its own.
+        """
+        if self._corked:
+            self._out.clear()
+
     def _flush(self) -> None:
         out = self._out
         data = out[0] if len(out) == 1 else b"".join(out)
@@ -593,13 +619,11 @@ class ClientConnection(asyncio.Protocol):
         if self.queue:
             return  # a response is in progress; its own timeouts apply
         if self.in_head or self._url:
+            ex = Exchange(self, None, [], local_status=408)
             detail = (
                 f"request head not received within header_timeout ({self.limits.header_timeout:g}s)"
             )
-            log.info("listener %s: %s from %s", self.listener.name, detail, self.fwd.client_ip)
-            self.write(http1.error_response(408, detail, close=True))
-            ex = Exchange(self, None, [], local_status=408)
-            ex.error_detail = detail
+            self.write(ex.error_page(408, detail, "the request head did not arrive in time"))
             ex.state = DONE
             if self.ctx.access.enabled:
                 self.ctx.access.write(ex.access_record())

@@ -15,6 +15,18 @@ exchange runs, ``read_timeout`` after the last byte received; while pooled,
 ``pool_idle_timeout`` after release. Moving the deadline on each read is a
 float store, not a timer.
 
+Response heads (and trailer sections) have the limits of the listener the
+request came in on, which ``begin()`` passes: ``max_header_size`` bytes for
+the status line and fields, ``max_headers`` fields. The size is added up per
+field as it is parsed; a head still incomplete after a read is also bounded
+by the bytes received so far, so one endless field value can't grow without
+limit either. Over a limit, the response is a failure like a malformed one.
+
+A failure tells the owner whether the response head it relayed is still
+unsent: the client side corks its output for the length of one upstream read
+(``cork``/``uncork``), so a head parsed in the same read as the error that
+follows it has not left yet, and the owner can still answer 502 instead.
+
 Flow control runs both ways: when this connection's write buffer fills, the
 client stops being read; when the client's write buffer fills, the owner pauses
 this connection's reading.
@@ -62,7 +74,9 @@ class UpstreamOwner(Protocol):
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_complete(self, trailers: Headers, reusable: bool) -> None: ...
     def upstream_upgraded(self, data: bytes) -> None: ...
-    def upstream_failed(self, error: UpstreamFailure) -> None: ...
+    def upstream_failed(self, error: UpstreamFailure, *, unsent: bool = False) -> None:
+        """``unsent``: the response head was relayed in this very read, still corked."""
+
     def upstream_pause_writing(self) -> None: ...
     def upstream_resume_writing(self) -> None: ...
     def cork(self) -> None: ...
@@ -101,7 +115,14 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_delimited = False
         self._keep_alive = False
         self._done = False
+        # the server sent something for this exchange (a head, or bytes that failed to
+        # parse): a failure now is no stale keep-alive connection, and not retried
         self.response_started = False
+        # response head limits (begin) and what the head being parsed has used of them
+        self._max_head_size = 64 * 1024
+        self._max_head_fields = 100
+        self._head_size = 0
+        self._head_pending = 0
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -121,8 +142,19 @@ class UpstreamConnection(asyncio.Protocol):
             and not self.tunnel
         )
 
-    def begin(self, owner: UpstreamOwner, *, head_request: bool) -> None:
-        """Start carrying a new exchange for ``owner``."""
+    def begin(
+        self,
+        owner: UpstreamOwner,
+        *,
+        head_request: bool,
+        max_head_size: int,
+        max_head_fields: int,
+    ) -> None:
+        """Start carrying a new exchange for ``owner``.
+
+        ``max_head_size`` / ``max_head_fields``: the limits of the response head (and
+        of its trailers): the request's listener's ``max_header_size``/``max_headers``.
+        """
         self.owner = owner
         if self.parser is None or not self._done or self._head_request:
             self.parser = httptools.HttpResponseParser(self)
@@ -136,6 +168,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._done = False
         self.response_started = False
         self._head_request = head_request
+        self._max_head_size = max_head_size
+        self._max_head_fields = max_head_fields
+        self._head_size = 0
+        self._head_pending = 0
         self.requests += 1
         if self.read_timeout > 0:
             self.deadlines.arm(self, self.loop.time() + self.read_timeout)
@@ -218,9 +254,17 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.deadline != INF:
             self.deadline = self.loop.time() + self.read_timeout  # the wheel moves it lazily
+        head_was_out = self._head_done  # relayed in an earlier read: it has left
         owner.cork()
         try:
             self.parser.feed_data(data)
+            if not self._head_done and self.owner is not None:
+                # rare: a head split over reads. Everything received since begin() is head
+                # (and 1xx heads), so this bounds what the parser buffers
+                self._head_pending += len(data)
+                if self._head_pending > self._max_head_size:
+                    self.response_started = True
+                    self._fail(self._head_too_large())
         except httptools.HttpParserUpgrade as exc:
             offset = int(exc.args[0]) if exc.args else len(data)
             current = self.owner  # the callbacks may have released it
@@ -231,12 +275,15 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, UpstreamError | UpstreamProtocolError):
-                self._fail(cause)
+                self.response_started = True
+                self._fail(cause, unsent=not head_was_out)
             else:
                 raise
         except httptools.HttpParserError as exc:
+            self.response_started = True
             self._fail(
-                UpstreamProtocolError(f"server {self.server.key} sent a malformed response: {exc}")
+                UpstreamProtocolError(f"server {self.server.key} sent a malformed response: {exc}"),
+                unsent=not head_was_out,
             )
         finally:
             owner.uncork()
@@ -288,13 +335,19 @@ class UpstreamConnection(asyncio.Protocol):
         if self.owner is not None:
             self.owner.upstream_resume_writing()
 
-    def _fail(self, error: UpstreamFailure) -> None:
+    def _fail(self, error: UpstreamFailure, *, unsent: bool = False) -> None:
         owner = self.owner
         self.owner = None
         self.abort()
         if owner is not None and not self._done:
             self._done = True
-            owner.upstream_failed(error)
+            owner.upstream_failed(error, unsent=unsent)
+
+    def _head_too_large(self) -> UpstreamProtocolError:
+        return UpstreamProtocolError(
+            f"server {self.server.key} sent a response head larger than "
+            f"{self._max_head_size} bytes (listener max_header_size)"
+        )
 
     # ---- httptools callbacks ------------------------------------------------------------------
 
@@ -303,9 +356,27 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._head_done:
-            self._trailers.append((name, value))
-        else:
-            self._headers.append((name, value))
+            self._trailer(name, value)
+            return
+        self._headers.append((name, value))
+        self._head_size += len(name) + len(value) + 4  # name ": " value CRLF
+        if self._head_size > self._max_head_size:
+            raise self._head_too_large()
+
+    def _trailer(self, name: bytes, value: bytes) -> None:
+        trailers = self._trailers
+        trailers.append((name, value))
+        self._head_size += len(name) + len(value) + 4
+        if len(trailers) > self._max_head_fields:
+            raise UpstreamProtocolError(
+                f"server {self.server.key} sent more than {self._max_head_fields} trailer "
+                "fields (listener max_headers)"
+            )
+        if self._head_size > self._max_head_size:
+            raise UpstreamProtocolError(
+                f"server {self.server.key} sent a trailer section larger than "
+                f"{self._max_head_size} bytes (listener max_header_size)"
+            )
 
     def on_headers_complete(self) -> None:
         owner = self.owner
@@ -316,6 +387,15 @@ class UpstreamConnection(asyncio.Protocol):
         headers, self._headers = self._headers, []
         reason, self._reason = self._reason, b""
         self.response_started = True
+        if len(headers) > self._max_head_fields:
+            raise UpstreamProtocolError(
+                f"server {self.server.key} sent more than {self._max_head_fields} header "
+                "fields (listener max_headers)"
+            )
+        # "HTTP/1.1 200 " reason CRLF
+        if self._head_size + len(reason) + 15 > self._max_head_size:
+            raise self._head_too_large()
+        self._head_size = 0  # the next head (after a 1xx) or the trailers start afresh
         if status < 200 and status != 101:
             self._informational = True
             owner.upstream_informational(status, reason, headers)

@@ -284,7 +284,8 @@ def validate_request(
     Args:
         method: the method token.
         target: the request-target bytes.
-        http_version: ``"1.0"`` or ``"1.1"`` (anything else is refused with 505).
+        http_version: ``"1.0"`` or ``"1.1"`` (``"0.9"``, a request line without a
+            version, is refused with 400, anything else with 505).
         headers: the header field lines, in order.
         max_headers: most header lines allowed (431 beyond).
         max_header_size: most bytes for request line + headers (431 beyond;
@@ -303,6 +304,10 @@ def validate_request(
             431, 501 (a transfer coding other than chunked) or 505.
     """
     if http_version not in ("1.0", "1.1"):
+        if http_version == "0.9":
+            # llhttp's name for a request line without a version (HTTP/0.9, RFC 1945
+            # §4.1); HAProxy answers it with 400 too
+            raise ClientProtocolError("HTTP/0.9 request line (no HTTP version)")
         raise ClientProtocolError(
             f"HTTP version {http_version[:16]!r} is not supported", status_hint=505
         )
@@ -938,21 +943,34 @@ def error_response(
     close: bool = True,
     extra_headers: Headers | None = None,
     head: bool = False,
+    request_id: str = "",
 ) -> bytes:
     """A complete small text/plain response tlsgate answers on its own.
 
-    The body is ``"<status> <reason>: <detail>\\n"``; ``head`` omits it (the
-    response to a HEAD request) while keeping its Content-Length. A 405 gets an
-    Allow field unless ``extra_headers`` has one (RFC 9110 §15.5.6: "The origin
-    server MUST generate an Allow header field in a 405 response").
+    The body is ``"<status> <reason>: <detail>\\n"``, or ``"<status> <reason>\\n"``
+    when ``detail`` is empty; ``detail`` is shown to the client as it is, so callers
+    pass only what the client may know (see ``net.exchange``: 5xx pages carry no
+    detail at all). A ``request_id`` is added as a ``request id: <id>`` line and an
+    ``X-Request-Id`` field, so a client can quote it and an operator find the log
+    lines. ``head`` omits the body (the response to a HEAD request) while keeping
+    its Content-Length. A 405 gets an Allow field unless ``extra_headers`` has one
+    (RFC 9110 §15.5.6: "The origin server MUST generate an Allow header field in a
+    405 response").
 
     Raises:
-        LocalProtocolError: ``status`` or ``extra_headers`` is invalid.
+        LocalProtocolError: ``status``, ``extra_headers`` or ``request_id`` is invalid.
     """
     extra = extra_headers or []
     _check_own_headers(extra)
     reason = _reason(status)
-    body = f"{status} {reason.decode('ascii')}: {detail}\n".encode("utf-8", "replace")
+    phrase = reason.decode("ascii")
+    text = f"{status} {phrase}: {detail}\n" if detail else f"{status} {phrase}\n"
+    rid = request_id.encode("ascii", "replace")
+    if rid:
+        if not _is_token(rid):
+            raise LocalProtocolError(f"invalid request id {request_id!r}")
+        text += f"request id: {request_id}\n"
+    body = text.encode("utf-8", "replace")
     headers: Headers = [
         (b"Content-Type", b"text/plain; charset=utf-8"),
         (b"Content-Length", b"%d" % len(body)),
@@ -961,6 +979,8 @@ def error_response(
         (b"X-Content-Type-Options", b"nosniff"),
         (b"Date", _http_date()),
     ]
+    if rid:
+        headers.append((b"X-Request-Id", rid))
     if status == 405 and not any(n.lower() == b"allow" for n, _ in extra):
         headers.append((b"Allow", _ALLOW_ALL_BUT_CONNECT))
     if close:
