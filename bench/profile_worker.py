@@ -1,9 +1,11 @@
-"""Where one tlsgate worker's time goes under HTTPS keep-alive load: py-spy and perf.
+"""Where one tlsgate worker's time goes under load: py-spy and perf.
 
-How this works: the same set-up as ``make bench`` row 1 (one worker pinned to
-core 0, the nginx backend and ``wrk -t1 -c50`` on core 1, 100-byte responses),
-then, while wrk runs, ``py-spy record`` on the worker (the Python frames; in the
-compiled build only what is still interpreted shows up by name) and, when
+How this works: the same set-up as a ``make bench`` row (one worker pinned to
+core 0, the nginx backend and ``wrk -t1 -c50`` on core 1): ``--scenario https``
+is row 1 (HTTPS keep-alive, 100-byte responses), ``--scenario passthrough`` is
+row 6 (a new connection per ClientHello, routed by SNI, 100-byte answer).
+Then, while wrk runs, ``py-spy record`` on the worker (the Python frames; in
+the compiled build only what is still interpreted shows up by name) and, when
 ``perf`` works here, ``perf record`` (every native library and the kernel).
 It prints, and writes to ``--output``, the share of samples per Python frame
 and per shared object. That file is what docs/benchmarks.md quotes.
@@ -29,6 +31,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from clients import write_hello_script
 from common import (
     ProcessSet,
     exit_on_signals,
@@ -37,10 +40,15 @@ from common import (
     wait_until,
     write_certificate,
 )
-from rows import https_probe
-from servers import HttpsOptions, start_backend, start_tlsgate_https
+from rows import hello_probe, https_probe
+from servers import HttpsOptions, start_backend, start_tlsgate_https, start_tlsgate_l4
 
 import tlsgate
+
+_SCENARIOS = {
+    "https": "HTTPS keep-alive, 100-byte responses",
+    "passthrough": "TLS passthrough, a new connection per ClientHello, 100-byte answer",
+}
 
 
 def _worker_pid(pgid: int) -> int:
@@ -76,6 +84,12 @@ def _perf_summary(data: Path) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--scenario",
+        choices=("https", "passthrough"),
+        default="https",
+        help="https: row 1 (keep-alive); passthrough: row 6 (new connections)",
+    )
     parser.add_argument("--seconds", type=int, default=8, help="how long to sample")
     parser.add_argument("--top", type=int, default=25, help="Python frames to list")
     parser.add_argument("--output", type=Path, help="also write the summary here")
@@ -88,24 +102,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = [
         f"bench/profile_worker.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
         f"one tlsgate worker on core 0 ({build}), nginx and wrk -t1 -c50 on core 1, "
-        f"HTTPS keep-alive, 100-byte responses, {args.seconds} s",
+        f"{_SCENARIOS[args.scenario]}, {args.seconds} s",
     ]
     with tempfile.TemporaryDirectory(prefix="tlsgate-profile-") as tmp:
         work = Path(tmp)
         with ProcessSet(work) as ps:
             backend = start_backend(ps, work, free_port(), free_port(), work / "big", cpus="1")
             port = free_port()
-            cert = write_certificate(work, "ecdsa-p256")
-            gate = start_tlsgate_https(
-                ps, work, port, backend.http_port, cert, HttpsOptions(), cpus="0"
-            )
-            wait_until(gate, https_probe(port), "tlsgate")
+            wrk_args = ["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{args.seconds + 3}s"]
+            if args.scenario == "https":
+                cert = write_certificate(work, "ecdsa-p256")
+                gate = start_tlsgate_https(
+                    ps, work, port, backend.http_port, cert, HttpsOptions(), cpus="0"
+                )
+                wait_until(gate, https_probe(port), "tlsgate")
+                wrk_args.append(f"https://127.0.0.1:{port}/")
+            else:
+                if backend.stream_port is None:
+                    print("the passthrough scenario needs libnginx-mod-stream", file=sys.stderr)
+                    return 1
+                gate = start_tlsgate_l4(
+                    ps, work, port, backend.stream_port, "tls-passthrough", cpus="0"
+                )
+                wait_until(gate, hello_probe(port), "tlsgate")
+                script = write_hello_script(work / "hello.lua")
+                wrk_args += ["-s", str(script), f"http://127.0.0.1:{port}/"]
             worker = _worker_pid(gate.pgid)
-            wrk = subprocess.Popen(
-                ["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{args.seconds + 3}s",
-                 f"https://127.0.0.1:{port}/"],
-                stdout=subprocess.DEVNULL,
-            )  # fmt: skip
+            wrk = subprocess.Popen(wrk_args, stdout=subprocess.DEVNULL)
             time.sleep(1.0)
             samplers = []
             raw = work / "pyspy.txt"

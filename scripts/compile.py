@@ -32,9 +32,10 @@ SRC = ROOT / "src"
 
 # The per-request path, measured with bench/bench_exchange.py and py-spy: request and
 # response parsing callbacks, validation and header rewriting, routing, balancing, the
-# pool, the deadline wheel and the access log; per new passthrough connection, the
-# ClientHello parser. (proto/proxy_protocol.py stays interpreted: compiled, a bool given
-# as a port would arrive as the int 1 and pass its check.)
+# pool, the deadline wheel and the access log; per new connection, the accept paths,
+# the ClientHello parser, the L4 session, its splicer and the epoll set.
+# (proto/proxy_protocol.py stays interpreted: compiled, a bool given as a port would
+# arrive as the int 1 and pass its check.)
 MODULES = [
     "tlsgate/logs.py",
     "tlsgate/proto/http1.py",
@@ -47,6 +48,10 @@ MODULES = [
     "tlsgate/net/upstream.py",
     "tlsgate/net/exchange.py",
     "tlsgate/net/http_proxy.py",
+    "tlsgate/net/poller.py",
+    "tlsgate/net/connect.py",
+    "tlsgate/net/l4.py",
+    "tlsgate/net/listener.py",
 ]
 
 

@@ -52,6 +52,7 @@ from tlsgate.net.context import Drainable
 from tlsgate.net.deadlines import Deadlines
 from tlsgate.net.listener import ACME_TLS_ALPN, Closable, serve
 from tlsgate.net.memory import HeapTrimmer
+from tlsgate.net.poller import Poller
 from tlsgate.net.runtime import Runtime
 
 log = logging.getLogger("tlsgate.worker")
@@ -74,6 +75,7 @@ class Worker:
         self.done = loop.create_future()
         self.access = AccessLog("")
         self.deadlines = Deadlines(loop)
+        self.poller = Poller(loop)
         self._tasks: set[asyncio.Task[None]] = set()
         self.acme_http01: dict[str, str] = {}
         self._serving_tls_alpn01 = False  # whether https listeners peek at ClientHellos
@@ -296,6 +298,7 @@ async def _main(ipc_fd: int, slot: int) -> int:
         s.close()
     worker.access.close()  # writes the lines still batched
     worker.deadlines.close()
+    worker.poller.close()
     return 0
 
 

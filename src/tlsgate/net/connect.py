@@ -72,11 +72,9 @@ async def connect_to_backend(
             async with asyncio.timeout(cfg.connect_timeout):
                 conn = await connect(server)
         except TimeoutError:
-            last = UpstreamTimeout(
-                f"connecting to {server.key} took longer than {cfg.connect_timeout:g}s"
-            )
+            last = connect_timeout(server, cfg.connect_timeout)
         except (OSError, ssl.SSLError) as exc:
-            last = UpstreamConnectError(f"connecting to {server.key} failed: {_reason(exc)}")
+            last = connect_error(server, exc)
         except asyncio.CancelledError:  # the request went away
             server.state.active -= 1
             raise
@@ -85,18 +83,39 @@ async def connect_to_backend(
             server.state.record_success()
             return server, conn, False
         server.state.active -= 1
-        ejected = server.state.record_failure(
-            asyncio.get_running_loop().time(),
-            max_fails=cfg.max_fails,
-            fail_timeout=cfg.fail_timeout,
-        )
-        log.warning(
-            "backend %s: %s%s",
-            backend.name,
-            last,
-            f"; server ejected for {cfg.fail_timeout:g}s" if ejected else "",
-        )
-        tried.add(server.key)
-        if len(tried) > cfg.retries:
+        if not connect_failed(backend, server, last, asyncio.get_running_loop().time(), tried):
             raise last
         server = None
+
+
+def connect_failed(
+    backend: BackendRuntime,
+    server: ServerRuntime,
+    error: UpstreamError,
+    now: float,
+    tried: set[str],
+) -> bool:
+    """Record a failed connect to ``server`` (passive ejection), log it, and say
+    whether another server may be tried (``retries`` not yet spent)."""
+    cfg = backend.config
+    ejected = server.state.record_failure(
+        now, max_fails=cfg.max_fails, fail_timeout=cfg.fail_timeout
+    )
+    log.warning(
+        "backend %s: %s%s",
+        backend.name,
+        error,
+        f"; server ejected for {cfg.fail_timeout:g}s" if ejected else "",
+    )
+    tried.add(server.key)
+    return len(tried) <= cfg.retries
+
+
+def connect_error(server: ServerRuntime, exc: OSError) -> UpstreamConnectError:
+    """The error for a connect to ``server`` that failed with ``exc``."""
+    return UpstreamConnectError(f"connecting to {server.key} failed: {_reason(exc)}")
+
+
+def connect_timeout(server: ServerRuntime, timeout: float) -> UpstreamTimeout:
+    """The error for a connect to ``server`` that took longer than ``timeout``."""
+    return UpstreamTimeout(f"connecting to {server.key} took longer than {timeout:g}s")

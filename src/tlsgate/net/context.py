@@ -2,9 +2,9 @@
 
 ``net`` sits below the worker in the layering: its connections never import
 ``tlsgate.worker``. They are handed a :class:`ServeContext` instead -- the
-loop, the deadline wheel, the access log, the connection registry used for
-draining, the ACME challenge answers -- which ``Worker`` implements and a unit
-test can fake in a few lines.
+loop, the deadline wheel, the epoll set of raw sockets, the access log, the
+connection registry used for draining, the ACME challenge answers -- which
+``Worker`` implements and a unit test can fake in a few lines.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tlsgate.logs import AccessLog
 from tlsgate.net.deadlines import Deadlines
+from tlsgate.net.poller import Poller
 
 if TYPE_CHECKING:
     from tlsgate.net.runtime import Runtime
@@ -35,6 +36,7 @@ class ServeContext(Protocol):
     slot: int
     draining: bool
     deadlines: Deadlines
+    poller: Poller
     access: AccessLog
     connections: set[Drainable]
 

@@ -1,29 +1,36 @@
 """Layer 4: reading preambles by peeking, and splicing bytes.
 
-How this works (connections come from ``net.listener``'s ``Acceptor``):
+How this works (connections come from ``net.listener``'s ``Acceptor``; every
+raw socket here is driven by the worker's edge-triggered ``net.poller``, where
+it is registered once, and by the worker's deadline wheel, not by per-event
+callbacks or timers):
 
 * ``Preamble`` reads what comes before the payload: the PROXY header (only
   from ``trusted_proxies``; PROXY spec §5: never auto-detected) and, on
-  tls-passthrough listeners, the ClientHello. It *peeks* (``MSG_PEEK``) and
-  sets ``SO_RCVLOWAT`` to the number of bytes it still needs, so epoll wakes it
-  only when more have arrived; the PROXY header is then consumed exactly and
-  the ClientHello not at all, so the payload reaches the next stage untouched
-  (TLS on an https listener, the app server on a passthrough one).
-* ``L4Session`` routes (SNI for passthrough), connects to a server of the
-  backend (connect timeout, retry on another server, passive ejection), sends
-  a PROXY header if the backend wants one, then hands both sockets to a
-  ``Splicer``.
+  tls-passthrough listeners, the ClientHello. It *peeks* (``MSG_PEEK``) on each
+  arrival of bytes; the PROXY header is then consumed exactly and the
+  ClientHello not at all, so the payload reaches the next stage untouched (TLS
+  on an https listener, the app server on a passthrough one). A FIN before the
+  preamble is complete ends the connection at once.
+* ``L4Session`` routes (SNI for passthrough) and connects to a server of the
+  backend without a task: a non-blocking ``connect`` whose completion is the
+  socket's first writable event, under the backend's ``connect_timeout``,
+  retried on another server and recorded for passive ejection the way HTTP
+  upstream connects are (``net.connect``). It sends a PROXY header if the
+  backend wants one, then hands both sockets to a ``Splicer``.
 * ``Splicer`` moves bytes each way with ``os.splice`` through a pipe: zero
   copies into Python, and at most one pipe (64 KiB) in flight per direction,
-  which is also the backpressure: a direction stops reading when its pipe
-  can't drain. EOF in one direction is passed on as ``shutdown(SHUT_WR)``
-  once the pipe is empty (half-close); the session ends when both directions
-  are done, on an error, or after ``connect_idle_timeout`` of silence.
+  which is also the backpressure: a direction stops reading while its pipe
+  can't drain. Each direction remembers what the last events said (the source
+  has bytes or EOF, the destination has room) and pumps until the kernel says
+  ``EAGAIN``. EOF in one direction is passed on as ``shutdown(SHUT_WR)`` once
+  the pipe is empty (half-close); the session ends when both directions are
+  done, on an error, or after ``connect_idle_timeout`` of silence.
 """
 
 from __future__ import annotations
 
-import asyncio
+import _socket
 import contextlib
 import errno
 import functools
@@ -34,10 +41,12 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tlsgate.errors import RemoteProtocolError, UpstreamError
+from tlsgate.errors import NoServerAvailable, RemoteProtocolError, UpstreamError
 from tlsgate.logs import AccessRecord
-from tlsgate.net.connect import connect_to_backend
+from tlsgate.net.connect import connect_error, connect_failed, connect_timeout
 from tlsgate.net.context import ServeContext
+from tlsgate.net.deadlines import Deadlines
+from tlsgate.net.poller import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, Poller
 from tlsgate.proto.clienthello import ClientHello, parse_client_hello
 from tlsgate.proto.common import NeedMoreData
 from tlsgate.proto.proxy_protocol import (
@@ -55,34 +64,38 @@ log = logging.getLogger("tlsgate.l4")
 _PROXY_MAX = 16 + 4096 + 232  # v2 fixed part + TLV cap + largest address block (v1 is <= 107)
 _SPLICE_CHUNK = 1 << 16
 _SPLICE_FLAGS = os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE
+_READABLE = EPOLLIN | EPOLLRDHUP | EPOLLERR | EPOLLHUP  # a read will say what happened
+_WRITABLE = EPOLLOUT | EPOLLERR | EPOLLHUP  # a write will say what happened
+_INF = float("inf")
 
 Address = tuple[str, int]
+
+# The C socket type under ``socket.socket``. Accepted and upstream sockets of the L4
+# path are made as these: ``socket.socket`` adds Python-level ``__init__``, ``accept``
+# and ``close`` wrappers (with enum conversions) that were 14 % of a worker's samples
+# per new passthrough connection (py-spy), and nothing here needs what they add.
+RawSocket = _socket.socket
 
 
 def _addr(sockaddr: Any) -> Address:
     return (str(sockaddr[0]), int(sockaddr[1])) if sockaddr else ("", 0)
 
 
-class PreambleError(Exception):
-    """The preamble could not be read; ``reason`` goes to the logs."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 class Preamble:
     """Reads the PROXY header and/or the ClientHello of one accepted connection.
 
-    ``on_done(proxy, hello, error)`` is called once: ``error`` is None on success; on a
-    ClientHello problem ``hello`` is None and ``error`` says why (the caller decides:
-    fallback backend or close); a PROXY problem or a timeout closes the socket.
+    The socket is registered with ``poller`` by :meth:`start` and stays registered
+    when the preamble is done: the caller retargets or removes it. ``on_done(proxy,
+    hello, error)`` is called once: ``error`` is None on success; on a ClientHello
+    problem ``hello`` is None and ``error`` says why (the caller decides: fallback
+    backend or close); a PROXY problem or a timeout is an error too (close).
     """
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
-        sock: socket.socket,
+        poller: Poller,
+        deadlines: Deadlines,
+        sock: RawSocket,
         *,
         want_proxy: bool,
         want_hello: bool,
@@ -90,7 +103,8 @@ class Preamble:
         timeout: float,
         on_done: Callable[[ProxyHeader | None, ClientHello | None, str | None], None],
     ) -> None:
-        self.loop = loop
+        self.poller = poller
+        self.deadlines = deadlines
         self.sock = sock
         self.fd = sock.fileno()
         self.want_proxy = want_proxy
@@ -99,54 +113,47 @@ class Preamble:
         self.on_done = on_done
         self.proxy: ProxyHeader | None = None
         self.finished = False
-        self._seen = 0  # bytes queued at the last wake-up that needed more
-        self._timer = loop.call_later(timeout, self._timeout)
-        self._timeout_s = timeout
+        self.timeout = timeout
+        self.deadline = _INF  # net.deadlines.Timed
+        self.slot = 0
 
     def start(self) -> None:
-        self.loop.add_reader(self.fd, self._readable)
+        self.deadlines.arm(self, self.deadlines.loop.time() + self.timeout)
+        self.poller.add(self.fd, self)
+        # bytes that came with the connection raise no event of their own
+        self._readable(eof=False)
+
+    def on_events(self, fd: int, events: int) -> None:
+        if events & _READABLE:
+            self._readable(eof=bool(events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)))
+
+    def deadline_reached(self, now: float) -> None:
+        what = "PROXY header" if self.want_proxy and self.proxy is None else "ClientHello"
+        self.abort(f"timeout: no complete {what} within {self.timeout:g}s")
 
     def _finish(self, hello: ClientHello | None, error: str | None) -> None:
         self.finished = True
-        self._timer.cancel()
-        with contextlib.suppress(ValueError, OSError):
-            self.loop.remove_reader(self.fd)
-        with contextlib.suppress(OSError):
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+        self.deadlines.discard(self)
         self.on_done(self.proxy, hello, error)
 
     def abort(self, reason: str) -> None:
         """Give up on this connection (timeout, bad PROXY header, peer gone)."""
-        if self.finished:
-            return
-        self.finished = True
-        self._timer.cancel()
-        with contextlib.suppress(ValueError, OSError):
-            self.loop.remove_reader(self.fd)
-        self.on_done(self.proxy, None, reason)
+        if not self.finished:
+            self._finish(None, reason)
 
-    def _timeout(self) -> None:
-        what = "PROXY header" if self.want_proxy and self.proxy is None else "ClientHello"
-        self.abort(f"timeout: no complete {what} within {self._timeout_s:g}s")
-
-    def _need(self, total: int) -> None:
-        # wake up only once `total` bytes are queued (or on EOF), instead of spinning
-        with contextlib.suppress(OSError):
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, max(1, total))
-
-    def _readable(self) -> None:
+    def _readable(self, *, eof: bool) -> None:
         if self.finished:
             return
         try:
             data = self.sock.recv(_PROXY_MAX + self.max_hello + 5, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
+            if eof:
+                self.abort("connection closed before a preamble")
             return
         except OSError as exc:
             self.abort(f"connection error while reading the preamble: {exc.strerror or exc}")
             return
-        # SO_RCVLOWAT wakes us only when more bytes are queued, or on EOF; a wake-up that
-        # brings nothing new is therefore the peer's FIN (a peek can't tell it otherwise)
-        eof = not data or len(data) <= self._seen
+        eof = eof or not data
         if self.want_proxy and self.proxy is None:
             try:
                 parsed = parse_proxy_header(data)
@@ -156,9 +163,6 @@ class Preamble:
             if isinstance(parsed, NeedMoreData):
                 if eof:
                     self.abort("connection closed before the PROXY header")
-                    return
-                self._seen = len(data)
-                self._need(parsed.at_least or len(data) + 1)
                 return
             self.proxy = parsed
             # consume exactly the header; what follows stays queued for the next stage
@@ -167,9 +171,6 @@ class Preamble:
                 self.abort("short read while consuming the PROXY header")
                 return
             data = data[parsed.size :]
-            if not self.want_hello:
-                self._finish(None, None)
-                return
         if not self.want_hello:
             self._finish(None, None)
             return
@@ -181,9 +182,6 @@ class Preamble:
         if isinstance(hello, NeedMoreData):
             if eof:
                 self.abort("connection closed before a ClientHello")
-                return
-            self._seen = len(data)
-            self._need(hello.at_least or len(data) + 1)
             return
         self._finish(hello, None)
 
@@ -208,126 +206,159 @@ def _give_pipe(r: int, w: int, *, empty: bool) -> None:
 
 
 class _Direction:
-    __slots__ = ("bytes", "dst", "eof", "in_pipe", "name", "pipe_r", "pipe_w", "src", "writing")
+    """One way through a splicer: source socket -> pipe -> destination socket.
 
-    def __init__(self, name: str, src: socket.socket, dst: socket.socket) -> None:
+    ``readable``/``writable`` are what the last events said and no ``EAGAIN`` has
+    contradicted since (edge-triggered readiness is reported once).
+    """
+
+    __slots__ = (
+        "bytes",
+        "dst",
+        "dst_fd",
+        "eof",
+        "in_pipe",
+        "name",
+        "pipe_r",
+        "pipe_w",
+        "readable",
+        "shut",
+        "src_fd",
+        "writable",
+    )
+
+    def __init__(self, name: str, src_fd: int, dst: RawSocket, *, readable: bool) -> None:
         self.name = name
-        self.src = src
+        self.src_fd = src_fd
         self.dst = dst
+        self.dst_fd = dst.fileno()
         self.pipe_r, self.pipe_w = _take_pipe()
         self.in_pipe = 0
         self.eof = False
-        self.writing = False
+        self.shut = False  # the FIN has been passed on
+        self.readable = readable
+        self.writable = True
         self.bytes = 0
 
 
 class Splicer:
-    """Bidirectional zero-copy forwarding between two connected non-blocking sockets."""
+    """Bidirectional zero-copy forwarding between two connected non-blocking sockets,
+    both registered with ``poller`` (see :class:`Splicer.start`)."""
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
-        client: socket.socket,
-        server: socket.socket,
+        poller: Poller,
+        deadlines: Deadlines,
+        client: RawSocket,
+        server: RawSocket,
         *,
         idle_timeout: float,
         on_close: Callable[[str], None],
+        server_readable: bool = True,
     ) -> None:
-        self.loop = loop
+        self.poller = poller
+        self.deadlines = deadlines
         self.client = client
         self.server = server
-        self.up = _Direction("client", client, server)  # client -> server
-        self.down = _Direction("server", server, client)  # server -> client
+        self.client_fd = client.fileno()
+        self.server_fd = server.fileno()
+        # client -> server: the client's bytes so far (the ClientHello) are waiting
+        self.up = _Direction("client", self.client_fd, server, readable=True)
+        self.down = _Direction("server", self.server_fd, client, readable=server_readable)
         self.idle_timeout = idle_timeout
         self.on_close = on_close
         self.closed = False
         self.first_eof: str | None = None  # which side closed first, for the access log
-        self.last_activity = loop.time()
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = _INF  # net.deadlines.Timed
+        self.slot = 0
 
     def start(self) -> None:
-        for d in (self.up, self.down):
-            self.loop.add_reader(d.src.fileno(), self._on_readable, d)
-        self._timer = self.loop.call_later(self.idle_timeout, self._check_idle)
-
-    def _check_idle(self) -> None:
-        self._timer = None
-        if self.closed:
-            return
-        remaining = self.last_activity + self.idle_timeout - self.loop.time()
-        if remaining > 0.001:
-            self._timer = self.loop.call_later(remaining, self._check_idle)
-            return
-        self.close(f"idle timeout ({self.idle_timeout:g}s)")
-
-    def _on_readable(self, d: _Direction) -> None:
-        if self.closed:
-            return
-        try:
-            n = os.splice(d.src.fileno(), d.pipe_w, _SPLICE_CHUNK, flags=_SPLICE_FLAGS)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self.close(f"{d.name} error: {exc.strerror or exc}")
-            return
-        if n == 0:
-            d.eof = True
-            if self.first_eof is None:
-                self.first_eof = d.name
-            self.loop.remove_reader(d.src.fileno())
-        else:
-            d.in_pipe += n
-            d.bytes += n
-            self.last_activity = self.loop.time()
-        self._flush(d)
-
-    def _on_writable(self, d: _Direction) -> None:
+        """Take over both sockets' events (they are registered already) and move
+        what is waiting."""
+        self.poller.retarget(self.client_fd, self)
+        self.poller.retarget(self.server_fd, self)
+        self.deadlines.arm(self, self.deadlines.loop.time() + self.idle_timeout)
+        self._pump(self.up)
         if not self.closed:
-            self._flush(d)
+            self._pump(self.down)
 
-    def _flush(self, d: _Direction) -> None:
-        while d.in_pipe:
-            try:
-                m = os.splice(d.pipe_r, d.dst.fileno(), d.in_pipe, flags=_SPLICE_FLAGS)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                other = "server" if d.name == "client" else "client"
-                self.close(f"{other} error: {exc.strerror or exc}")
-                return
-            d.in_pipe -= m
-        if d.in_pipe:
-            # the destination is full: stop reading the source until it drains
-            if not d.writing:
-                d.writing = True
-                if not d.eof:
-                    self.loop.remove_reader(d.src.fileno())
-                self.loop.add_writer(d.dst.fileno(), self._on_writable, d)
+    def deadline_reached(self, now: float) -> None:
+        if not self.closed:
+            self.close(f"idle timeout ({self.idle_timeout:g}s)")
+
+    def on_events(self, fd: int, events: int) -> None:
+        if self.closed:
             return
-        if d.writing:
-            d.writing = False
-            self.loop.remove_writer(d.dst.fileno())
-            if not d.eof:
-                self.loop.add_reader(d.src.fileno(), self._on_readable, d)
-        if d.eof:
+        # the client's socket is the source going up and the destination coming down
+        src, dst = (self.up, self.down) if fd == self.client_fd else (self.down, self.up)
+        if events & _READABLE:
+            src.readable = True
+        if events & _WRITABLE:
+            dst.writable = True
+        self._pump(src)
+        if not self.closed:
+            self._pump(dst)
+
+    def _pump(self, d: _Direction) -> None:
+        moved = False
+        while True:
+            progressed = False
+            if d.in_pipe and d.writable:
+                try:
+                    m = os.splice(d.pipe_r, d.dst_fd, d.in_pipe, flags=_SPLICE_FLAGS)
+                except (BlockingIOError, InterruptedError):
+                    d.writable = False
+                except OSError as exc:
+                    other = "server" if d.name == "client" else "client"
+                    self.close(f"{other} error: {exc.strerror or exc}")
+                    return
+                else:
+                    d.in_pipe -= m
+                    progressed = True
+            if d.readable and not d.eof and d.in_pipe < _SPLICE_CHUNK:
+                try:
+                    n = os.splice(
+                        d.src_fd, d.pipe_w, _SPLICE_CHUNK - d.in_pipe, flags=_SPLICE_FLAGS
+                    )
+                except (BlockingIOError, InterruptedError):
+                    # with bytes in the pipe the pipe may be what is full: keep trying
+                    # once it drains; an empty pipe means the socket has nothing
+                    if not d.in_pipe:
+                        d.readable = False
+                except OSError as exc:
+                    self.close(f"{d.name} error: {exc.strerror or exc}")
+                    return
+                else:
+                    if n == 0:
+                        d.eof = True
+                        if self.first_eof is None:
+                            self.first_eof = d.name
+                    else:
+                        d.in_pipe += n
+                        d.bytes += n
+                        moved = True
+                    progressed = True
+            if not progressed:
+                break
+        if moved:
+            # a later deadline is one store: the wheel moves the session on lazily
+            self.deadline = self.deadlines.loop.time() + self.idle_timeout
+        if d.eof and not d.in_pipe and not d.shut:
             # half-close: pass the FIN on, keep the other direction open
+            d.shut = True
             with contextlib.suppress(OSError):
                 d.dst.shutdown(socket.SHUT_WR)
-            if self.up.eof and self.down.eof and not self.up.in_pipe and not self.down.in_pipe:
+            if self.up.shut and self.down.shut:
                 self.close(f"{self.first_eof} closed")
 
     def close(self, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self.deadlines.discard(self)
+        self.poller.forget(self.client_fd)
+        self.poller.forget(self.server_fd)
         for d in (self.up, self.down):
-            with contextlib.suppress(ValueError, OSError):
-                self.loop.remove_reader(d.src.fileno())
-            if d.writing:
-                with contextlib.suppress(ValueError, OSError):
-                    self.loop.remove_writer(d.dst.fileno())
             _give_pipe(d.pipe_r, d.pipe_w, empty=d.in_pipe == 0)
         self.client.close()
         self.server.close()
@@ -335,32 +366,41 @@ class Splicer:
 
 
 class L4Session:
-    """One connection on a tcp or tls-passthrough listener."""
+    """One connection on a tcp or tls-passthrough listener.
+
+    Between the preamble and the splicer it owns the events of both sockets: the
+    upstream socket's first writable event is the end of the connect, and what the
+    client's say meanwhile is remembered for the splicer (a poll target).
+    """
 
     def __init__(
         self,
         ctx: ServeContext,
         listener: ListenerRuntime,
-        sock: socket.socket,
+        sock: RawSocket,
         peer: Address,
     ) -> None:
         self.ctx = ctx
         self.listener = listener
         self.sock = sock
+        self.fd = sock.fileno()
         self.peer = peer
         self.client = peer
-        self.local = _addr(sock.getsockname())
         self.proxy: ProxyHeader | None = None
         self.hello: ClientHello | None = None
         self.backend: BackendRuntime | None = None
         self.server: ServerRuntime | None = None
-        self.upstream: socket.socket | None = None
+        self.upstream: RawSocket | None = None
         self.splicer: Splicer | None = None
         self.preamble: Preamble | None = None
         self.t_start = ctx.loop.time()
         self.closed = False
         self.reason = ""
         self.tried: set[str] = set()
+        self.registered = False  # the client socket is in the poller
+        self.upstream_readable = False  # the server spoke while we connected
+        self.deadline = _INF  # net.deadlines.Timed: the connect timeout
+        self.slot = 0
 
     # ---- start --------------------------------------------------------------------------------
 
@@ -376,10 +416,13 @@ class L4Session:
             return
         want_hello = lc.protocol == "tls-passthrough"
         if not lc.accept_proxy_protocol and not want_hello:
+            self.ctx.poller.add(self.fd, self)
+            self.registered = True
             self.routed()
             return
         self.preamble = Preamble(
-            self.ctx.loop,
+            self.ctx.poller,
+            self.ctx.deadlines,
             self.sock,
             want_proxy=lc.accept_proxy_protocol,
             want_hello=want_hello,
@@ -387,12 +430,29 @@ class L4Session:
             timeout=lc.limits.header_timeout,
             on_done=self._preamble_done,
         )
+        self.registered = True
         self.preamble.start()
+
+    def on_events(self, fd: int, events: int) -> None:
+        if self.closed:
+            return
+        if fd == self.fd:
+            return  # the splicer starts by reading the client in any case
+        if events & _READABLE:
+            self.upstream_readable = True
+        up = self.upstream
+        if up is not None and events & (EPOLLOUT | EPOLLERR | EPOLLHUP) and fd == up.fileno():
+            err = up.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self._connect_failed(connect_error(self._server(), OSError(err, os.strerror(err))))
+            else:
+                self._connected()
 
     def _preamble_done(
         self, proxy: ProxyHeader | None, hello: ClientHello | None, error: str | None
     ) -> None:
         self.preamble = None
+        self.ctx.poller.retarget(self.fd, self)
         self.proxy = proxy
         self.client = client_address_of(proxy, self.peer)
         self.hello = hello
@@ -419,7 +479,7 @@ class L4Session:
             )
             self.reason = why
             self.backend = runtime.backends[fb]
-            self.ctx.spawn(self._connect())
+            self._connect_next()
             return
         log.info("listener %s: closing a connection from %s: %s", lc.name, self.client[0], why)
         self.finish(why)
@@ -441,57 +501,103 @@ class L4Session:
                 self.finish("no backend")
                 return
         self.backend = backend
-        self.ctx.spawn(self._connect())
+        self._connect_next()
 
     # ---- connect ------------------------------------------------------------------------------
 
-    async def _connect(self) -> None:
+    def _backend(self) -> BackendRuntime:
         assert self.backend is not None
-        loop = self.ctx.loop
+        return self.backend
 
-        async def open_one(server: ServerRuntime) -> socket.socket:
-            host, port = server.state.host, server.state.port
-            family: int
-            sockaddr: Any
-            if is_ip(host):  # the common case: no resolver round trip through a thread
-                family = socket.AF_INET6 if ":" in host else socket.AF_INET
-                sockaddr = (host, port)
-            else:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-                family, _, _, _, sockaddr = infos[0]
-            up = socket.socket(family, socket.SOCK_STREAM)
-            up.setblocking(False)
-            try:
-                await _connect(loop, up, sockaddr)
-            except BaseException:  # failed, timed out or cancelled: don't leak the socket
-                up.close()
-                raise
-            return up
+    def _server(self) -> ServerRuntime:
+        assert self.server is not None
+        return self.server
 
-        try:
-            server, up, _ = await connect_to_backend(
-                self.backend, self.client[0].encode(), self.tried, open_one
-            )
-        except UpstreamError as exc:
-            self.finish(str(exc))
+    def _connect_next(self, last: UpstreamError | None = None) -> None:
+        """Pick a server not tried yet and start connecting to it."""
+        backend = self._backend()
+        server = backend.pick(self.client[0].encode(), frozenset(self.tried))
+        if server is None:
+            error = last or NoServerAvailable(f"no server of backend {backend.name!r} is available")
+            self.finish(str(error))
             return
-        if self.is_closed():
-            up.close()
-            return
-        server.state.active += 1
         self.server = server
+        server.state.active += 1  # from the connect to the end of the session
+        host, port = server.state.host, server.state.port
+        if is_ip(host):  # the common case: no resolver round trip through a thread
+            self._connect_to(socket.AF_INET6 if ":" in host else socket.AF_INET, (host, port))
+        else:
+            self.ctx.spawn(self._resolve_and_connect(server, host, port))
+
+    async def _resolve_and_connect(self, server: ServerRuntime, host: str, port: int) -> None:
+        try:
+            infos = await self.ctx.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            if not self.closed:
+                self._connect_failed(connect_error(server, exc))
+            return
+        if not self.closed:
+            family, _, _, _, sockaddr = infos[0]
+            self._connect_to(family, sockaddr)
+
+    def _connect_to(self, family: int, sockaddr: Any) -> None:
+        server = self._server()
+        timeout = self._backend().config.connect_timeout
+        try:
+            up = RawSocket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        except OSError as exc:
+            self._connect_failed(connect_error(server, exc))
+            return
         self.upstream = up
+        self.upstream_readable = False
+        with contextlib.suppress(OSError):
+            up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        err = up.connect_ex(sockaddr)
+        if err == 0:
+            self.ctx.poller.add(up.fileno(), self)
+            self.upstream_readable = True  # connected at once: look for a greeting
+            self._connected()
+        elif err in (errno.EINPROGRESS, errno.EAGAIN):
+            self.ctx.poller.add(up.fileno(), self)  # its first writable event ends the connect
+            self.ctx.deadlines.arm(self, self.ctx.loop.time() + timeout)
+        else:
+            self._connect_failed(connect_error(server, OSError(err, os.strerror(err))))
+
+    def deadline_reached(self, now: float) -> None:
+        if not self.closed and self.splicer is None and self.upstream is not None:
+            server = self._server()
+            self._connect_failed(connect_timeout(server, self._backend().config.connect_timeout))
+
+    def _drop_upstream(self) -> None:
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            self.ctx.poller.forget(up.fileno())
+            up.close()
+
+    def _connect_failed(self, error: UpstreamError) -> None:
+        self.ctx.deadlines.discard(self)
+        self._drop_upstream()
+        server = self._server()
+        server.state.active -= 1
+        self.server = None
+        if connect_failed(self._backend(), server, error, self.ctx.loop.time(), self.tried):
+            self._connect_next(error)
+        else:
+            self.finish(str(error))
+
+    def _connected(self) -> None:
+        self.ctx.deadlines.discard(self)
+        self._server().state.record_success()
+        up = self.upstream
+        assert up is not None
         self._forward(up)
 
     def is_closed(self) -> bool:
         return self.closed
 
-    def _forward(self, up: socket.socket) -> None:
-        assert self.backend is not None
-        cfg = self.backend.config
-        with contextlib.suppress(OSError):
-            up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def _forward(self, up: RawSocket) -> None:
+        cfg = self._backend().config
         if cfg.send_proxy_protocol:
             hello = self.hello
             header = proxy_header_for(
@@ -499,7 +605,7 @@ class L4Session:
                 self.client,
                 self.proxy.destination
                 if self.proxy is not None and self.proxy.destination
-                else self.local,
+                else _addr(self.sock.getsockname()),
                 sni=hello.server_name if hello else None,
                 alpn=hello.alpn[0] if hello and hello.alpn else None,
                 crc32c=cfg.proxy_protocol_crc32c,
@@ -512,14 +618,17 @@ class L4Session:
             if sent != len(header):
                 self.finish(f"could not send the whole PROXY header to {self.server_key()}")
                 return
-        self.splicer = Splicer(
-            self.ctx.loop,
+        splicer = Splicer(
+            self.ctx.poller,
+            self.ctx.deadlines,
             self.sock,
             up,
             idle_timeout=self.listener.config.limits.connect_idle_timeout,
             on_close=self._spliced_done,
+            server_readable=self.upstream_readable,
         )
-        self.splicer.start()
+        self.splicer = splicer
+        splicer.start()  # may end the session at once (the server already closed)
 
     def server_key(self) -> str:
         return self.server.key if self.server else "-"
@@ -527,7 +636,6 @@ class L4Session:
     # ---- endings ------------------------------------------------------------------------------
 
     def _spliced_done(self, reason: str) -> None:
-        self.splicer_reason = reason
         self.finish(reason, sockets_closed=True)
 
     def drain(self) -> None:
@@ -549,14 +657,19 @@ class L4Session:
             self.preamble.abort(reason)
             self.preamble = None
         if not sockets_closed:
+            self.ctx.deadlines.discard(self)
+            if self.registered:
+                self.ctx.poller.forget(self.fd)
             self.sock.close()
-            if self.upstream is not None:
-                self.upstream.close()
+            self._drop_upstream()
         if self.server is not None:
             self.server.state.active -= 1
         self.listener.connections.discard(self)
         self.ctx.connections.discard(self)
         self._access_log(self.reason + "; " + reason if self.reason else reason)
+        # the splicer calls back into the session: without it the pair would be a cycle
+        # left for the garbage collector, one per connection
+        self.splicer = None
         self.ctx.connection_closed()
 
     def _access_log(self, reason: str) -> None:
@@ -583,31 +696,6 @@ class L4Session:
                 worker=self.ctx.slot,
             )
         )
-
-
-async def _connect(loop: asyncio.AbstractEventLoop, sock: socket.socket, sockaddr: Any) -> None:
-    """Connect a non-blocking socket to an already resolved address.
-
-    ``loop.sock_connect`` would resolve (and IDNA-encode) the address again on every
-    call; measured, that was a visible part of a new passthrough connection's cost.
-    """
-    err = sock.connect_ex(sockaddr)
-    if err in (errno.EINPROGRESS, errno.EAGAIN):
-        done: asyncio.Future[None] = loop.create_future()
-        fd = sock.fileno()
-        loop.add_writer(fd, _writable, done)
-        try:
-            await done
-        finally:
-            loop.remove_writer(fd)
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if err:
-        raise OSError(err, os.strerror(err))
-
-
-def _writable(done: asyncio.Future[None]) -> None:
-    if not done.done():
-        done.set_result(None)
 
 
 @functools.lru_cache(maxsize=1024)  # called per connect with the same few server hosts

@@ -30,7 +30,7 @@ from typing import Protocol
 
 from tlsgate.net.context import ServeContext
 from tlsgate.net.http_proxy import ClientConnection
-from tlsgate.net.l4 import Address, L4Session, Preamble, _addr
+from tlsgate.net.l4 import Address, L4Session, Preamble, RawSocket, _addr
 from tlsgate.net.runtime import ListenerRuntime
 from tlsgate.proto.clienthello import ClientHello
 from tlsgate.proto.proxy_protocol import ProxyHeader
@@ -48,6 +48,11 @@ class Closable(Protocol):
     def close(self) -> None: ...
 
 
+class _Cancellable(Protocol):
+    # uvloop's TimerHandle is no asyncio.TimerHandle subclass, and compiled code checks
+    def cancel(self) -> None: ...
+
+
 async def serve(
     ctx: ServeContext, listener: ListenerRuntime, sock: socket.socket, *, tls_alpn01: bool
 ) -> Closable:
@@ -61,7 +66,7 @@ async def serve(
     tls = lc.protocol == "https"
     if lc.protocol in ("tcp", "tls-passthrough"):
 
-        def accept_l4(conn: socket.socket, peer: Address) -> None:
+        def accept_l4(conn: RawSocket, peer: Address) -> None:
             L4Session(ctx, listener, conn, peer).start()
 
         acceptor = Acceptor(ctx.loop, sock, lc.name, accept_l4)
@@ -70,7 +75,7 @@ async def serve(
     want_hello = tls and tls_alpn01
     if lc.accept_proxy_protocol or want_hello:
 
-        def accept_http(conn: socket.socket, peer: Address) -> None:
+        def accept_http(conn: RawSocket, peer: Address) -> None:
             accept_http_with_preamble(ctx, listener, tls, conn, peer, want_hello=want_hello)
 
         acceptor = Acceptor(ctx.loop, sock, lc.name, accept_http)
@@ -98,15 +103,19 @@ class Acceptor:
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
         name: str,
-        on_accept: Callable[[socket.socket, Address], None],
+        on_accept: Callable[[RawSocket, Address], None],
     ) -> None:
         self.loop = loop
         self.sock = sock
         self.name = name
         self.on_accept = on_accept
         self.closed = False
-        self._resume: asyncio.TimerHandle | None = None
+        self._resume: _Cancellable | None = None
+        self.family = sock.family
         sock.setblocking(False)
+        # accepted sockets inherit it: no setsockopt per connection
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def start(self) -> None:
         self.loop.add_reader(self.sock.fileno(), self._ready)
@@ -114,7 +123,9 @@ class Acceptor:
     def _ready(self) -> None:
         for _ in range(_ACCEPT_BATCH):
             try:
-                conn, peer = self.sock.accept()
+                # the C accept: socket.socket.accept would wrap the descriptor in a
+                # Python-level socket.socket, and connections here become RawSockets
+                fd, peer = self.sock._accept()  # type: ignore[attr-defined]  # not in typeshed
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -131,6 +142,7 @@ class Acceptor:
                 elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO):
                     log.warning("listener %s: accept failed: %s", self.name, exc)
                 return
+            conn = RawSocket(self.family, socket.SOCK_STREAM, 0, fd)
             conn.setblocking(False)
             self.on_accept(conn, _addr(peer))
 
@@ -154,7 +166,7 @@ def accept_http_with_preamble(
     ctx: ServeContext,
     listener: ListenerRuntime,
     tls: bool,
-    sock: socket.socket,
+    sock: RawSocket,
     peer: Address,
     *,
     want_hello: bool,
@@ -180,18 +192,24 @@ def accept_http_with_preamble(
     def done(proxy: ProxyHeader | None, hello: ClientHello | None, error: str | None) -> None:
         if (want_proxy and proxy is None) or (error is not None and not error.startswith("bad")):
             log.info("listener %s: closing a connection from %s: %s", lc.name, peer[0], error)
+            ctx.poller.forget(sock.fileno())
             sock.close()
             return
+        ctx.poller.remove(sock.fileno())  # the event loop's transport takes the socket over
         # a malformed ClientHello is left for OpenSSL to refuse with a proper alert
         context = listener.certificates.base_context if tls and listener.certificates else None
         if hello is not None and ACME_TLS_ALPN in hello.alpn and hello.server_name:
             challenge = ctx.acme_tls_alpn01_context(hello.server_name)
             if challenge is not None:
                 context = challenge
-        ctx.spawn(_start_http(ctx, listener, sock, proxy, context))
+        # the event loop's transports want the socket module's own sockets
+        family = sock.family
+        handed = socket.socket(family, socket.SOCK_STREAM, 0, fileno=sock.detach())
+        ctx.spawn(_start_http(ctx, listener, handed, proxy, context))
 
     Preamble(
-        ctx.loop,
+        ctx.poller,
+        ctx.deadlines,
         sock,
         want_proxy=want_proxy,
         want_hello=want_hello,

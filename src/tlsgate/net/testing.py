@@ -24,6 +24,7 @@ from tlsgate.logs import AccessLog
 from tlsgate.net.context import Drainable
 from tlsgate.net.deadlines import Deadlines
 from tlsgate.net.http_proxy import ClientConnection
+from tlsgate.net.poller import Poller
 from tlsgate.net.runtime import ListenerRuntime, Runtime, ServerRuntime
 from tlsgate.net.upstream import UpstreamConnection
 
@@ -154,6 +155,7 @@ class FakeContext:
         self.slot = 0
         self.draining = False
         self.deadlines = Deadlines(self.loop)
+        self.poller = Poller(self.loop)
         self.access = AccessLog(access, self.loop)
         self.connections: set[Drainable] = set()
         self.http01: dict[str, str] = {}
@@ -179,6 +181,7 @@ class FakeContext:
             coro.close()
         self.spawned.clear()
         self.deadlines.close()
+        self.poller.close()
         self.access.close()
 
 

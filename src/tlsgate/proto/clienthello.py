@@ -75,7 +75,7 @@ class ClientHelloError(RemoteProtocolError):
     """The client's first bytes are not a well-formed TLS ClientHello."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(init=False, eq=True)
 class ClientHello:
     """What a passthrough proxy needs to know about a ClientHello.
 
@@ -101,6 +101,27 @@ class ClientHello:
     cipher_suites: tuple[int, ...]
     extensions: tuple[int, ...]
     size: int
+
+    # Written out rather than generated: a dataclass's generated __init__ stays
+    # interpreted in the compiled build, and one is made per passthrough connection.
+    def __init__(
+        self,
+        *,
+        server_name: str | None,
+        alpn: tuple[str, ...],
+        supported_versions: tuple[int, ...],
+        legacy_version: int,
+        cipher_suites: tuple[int, ...],
+        extensions: tuple[int, ...],
+        size: int,
+    ) -> None:
+        self.server_name = server_name
+        self.alpn = alpn
+        self.supported_versions = supported_versions
+        self.legacy_version = legacy_version
+        self.cipher_suites = cipher_suites
+        self.extensions = extensions
+        self.size = size
 
 
 def parse_client_hello(
