@@ -23,21 +23,50 @@ How this works:
   (``tlsgate.certs.tickets``), sends it with every ``Configure`` so that all
   workers, and every generation after a reload, encrypt tickets with the same
   key, and replaces it every ``node.ticket_key_rotation``. It stays in memory.
+* One node per data_dir: before it binds anything, the supervisor takes an
+  exclusive ``flock(2)`` on ``<data_dir>/tlsgate.lock`` (:class:`NodeLock`) and
+  writes its pid there. A second ``tlsgate serve`` with the same data_dir (which
+  SO_REUSEPORT would otherwise let share the ports) exits naming that pid. The
+  descriptor is close-on-exec and workers get only their channel, so a worker
+  never holds the lock: a restarted worker is never blocked, and when the
+  supervisor dies (even by SIGKILL) the kernel releases the lock with its last
+  descriptor. Commands that only read (``check``, ``certs list``/``show``) and
+  those that talk to the store while a node runs (``certs renew`` must, since
+  the running node does the renewal) never take it.
+* Privileges: the supervisor binds the sockets and reads the certificates and
+  keys as whoever starts it (root, or a user with CAP_NET_BIND_SERVICE). With
+  ``[node] user`` (and ``group``) a root supervisor starts every worker as that
+  account: ``subprocess`` switches the forked child's groups, gid and uid before
+  it executes the interpreter, so no worker code ever runs as root, and the
+  kernel clears the capabilities with the switch (a worker that inherits some
+  anyway, such as a systemd unit's ambient CAP_NET_BIND_SERVICE, drops them
+  itself: ``tlsgate.worker.give_up_privileges``). Workers never read key files:
+  certificates and keys arrive in ``Configure``. They do open the log files by
+  path, so the supervisor creates them (or hands existing ones over) owned by
+  that account first (:func:`prepare_log_files`). A supervisor that is not root
+  cannot switch: with ``user`` set it refuses to start unless it already runs
+  as that account (:func:`worker_credentials`). The account is fixed at start;
+  a reload that changes it is logged and takes effect at the next restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import grp
 import logging
 import os
+import pwd
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import uvloop
 
@@ -45,7 +74,7 @@ from tlsgate.certs.bundle import CertificateBundle, load_bundles
 from tlsgate.certs.manager import CertificateManager
 from tlsgate.certs.tickets import TicketKeys, ticket_key_support
 from tlsgate.config.loader import load_config
-from tlsgate.config.model import BindAddress, Config
+from tlsgate.config.model import BindAddress, Config, LogConfig, NodeConfig
 from tlsgate.errors import CertificateError, ConfigError, StoreError, TlsgateError
 from tlsgate.features import unsupported_features
 from tlsgate.ipc import (
@@ -69,10 +98,239 @@ CONFIGURE_TIMEOUT = 30.0
 EXPIRY_WARNING = timedelta(days=7)  # warn (not refuse) when a certificate expires this soon
 RESTART_WINDOW = 30.0
 RESTARTS_BEFORE_BACKOFF = 5
+LOCK_FILE = "tlsgate.lock"  # in node.data_dir: "<pid>\n" of the node holding it
 
 
 class StartupError(TlsgateError):
     """The node could not start (bind failure, workers that won't come up)."""
+
+
+# ---- one node per data_dir -------------------------------------------------------------
+
+
+class NodeLock:
+    """An exclusive ``flock(2)`` on ``<data_dir>/tlsgate.lock``, held until :meth:`close`.
+
+    The lock belongs to the open file description, so it lasts exactly as long
+    as this process keeps the descriptor: the kernel drops it when the process
+    exits however it exits. The descriptor is close-on-exec, so no child (no
+    worker) inherits it. The file itself is left in place on exit (removing a
+    lock file would race with the next node locking it); its content is only
+    information: the pid of the node that holds it.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, data_dir: Path) -> NodeLock:
+        """Lock ``data_dir`` for this process (creating it, 0700, if missing).
+
+        Raises:
+            StartupError: another process holds the lock (the message names its
+                pid), or the directory or lock file cannot be created or locked.
+        """
+        path = data_dir / LOCK_FILE
+        try:
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot lock the data_dir {data_dir}: cannot open {path}: "
+                f"{exc.strerror or exc} (run tlsgate as the user that owns {data_dir}, "
+                "or set [node] data_dir to a directory this user may write)"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            who = f"pid {holder}" if holder else "its pid is not recorded yet"
+            raise StartupError(
+                f"another tlsgate node ({who}) is running with the data_dir {data_dir}: "
+                f"it holds {path}. Stop it first (or reload it with SIGHUP instead of "
+                "starting a second one), or give this node its own [node] data_dir"
+            ) from None
+        except OSError as exc:  # ENOLCK: a file system without flock (some NFS setups)
+            os.close(fd)
+            raise StartupError(
+                f"cannot lock {path}: {exc.strerror or exc}; put [node] data_dir on a "
+                "local file system"
+            ) from exc
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:
+            os.close(fd)
+            raise StartupError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        return cls(path, fd)
+
+    def close(self) -> None:
+        """Release the lock (exiting does the same)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _lock_holder(fd: int) -> int | None:
+    """The pid in a lock file another process holds; None if it has not written it yet."""
+    for _ in range(10):  # the holder writes its pid right after locking
+        try:
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        except OSError:
+            return None
+        if text.isdigit():
+            return int(text)
+        time.sleep(0.05)
+    return None
+
+
+def warn_if_not_private(data_dir: Path) -> None:
+    """Log a warning when group or others may enter ``data_dir`` (the store and its key)."""
+    try:
+        mode = data_dir.stat().st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning(
+            "the data_dir %s is accessible by group/others (mode %04o); it holds the "
+            "node's private state: chmod 700 it",
+            data_dir,
+            stat.S_IMODE(mode),
+        )
+
+
+# ---- the workers' account ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerCredentials:
+    """The account workers run as: ``uid``, primary ``gid`` and supplementary ``groups``."""
+
+    user: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return f"{self.user} (uid {self.uid}, gid {self.gid})"
+
+
+def worker_credentials(
+    node: NodeConfig, *, euid: int | None = None, egid: int | None = None
+) -> WorkerCredentials | None:
+    """Whom a supervisor running as ``euid``/``egid`` (default: this process) starts workers as.
+
+    Returns:
+        None when workers simply run as the supervisor: no ``[node] user``, or
+        ``user`` (and ``group``) are already this process's (e.g. under the
+        systemd unit in ``contrib/``, which runs the whole node as its account).
+        Otherwise, for a root supervisor: ``user``'s uid, the gid of ``group``
+        (default: the user's primary group) and the groups the user database
+        lists for the user, as ``login`` and systemd's ``User=`` would set them.
+
+    Raises:
+        StartupError: the user or group no longer exists, or the supervisor is
+            neither root nor already that account (only root may switch).
+    """
+    if not node.user:
+        return None
+    euid = os.geteuid() if euid is None else euid
+    egid = os.getegid() if egid is None else egid
+    try:
+        pw = pwd.getpwnam(node.user)
+    except KeyError:
+        raise StartupError(
+            f"[node] user = {node.user!r}: no such user on this system (any more); "
+            "create it or change the config"
+        ) from None
+    gid = pw.pw_gid
+    if node.group:
+        try:
+            gid = grp.getgrnam(node.group).gr_gid
+        except KeyError:
+            raise StartupError(
+                f"[node] group = {node.group!r}: no such group on this system (any more); "
+                "create it or change the config"
+            ) from None
+    if euid == 0:
+        groups = tuple(os.getgrouplist(node.user, gid))
+        return WorkerCredentials(node.user, pw.pw_uid, gid, groups)
+    if euid == pw.pw_uid and egid == gid:
+        return None  # already that account: nothing to switch
+    account = f"uid {euid}, gid {egid}"
+    with contextlib.suppress(KeyError):
+        account = f"{pwd.getpwuid(euid).pw_name} ({account})"
+    wanted = f"user {node.user!r}" + (f", group {node.group!r}" if node.group else "")
+    raise StartupError(
+        f"[node] asks for workers running as {wanted}, but tlsgate runs as {account} and "
+        "only root can start processes as another user. Start tlsgate as root (it binds "
+        f"and reads keys as root, the workers run as {node.user}), or run it as "
+        f"{node.user} itself with CAP_NET_BIND_SERVICE (contrib/tlsgate.service), or "
+        "remove user/group from [node]"
+    )
+
+
+def prepare_log_files(config: LogConfig, credentials: WorkerCredentials) -> None:
+    """Create the log files (or hand existing ones over) owned by the workers' account.
+
+    Workers open the access and error logs by path, after they have become
+    ``credentials``; a file the root supervisor created (or that logrotate
+    recreated as root) would be closed to them. A missing file is created
+    0640; an existing regular file not already theirs is chowned to them. The
+    supervisor goes on writing its own lines to the error log through the
+    descriptor it opened before (so even a root without CAP_DAC_OVERRIDE
+    can). A log path that is a symbolic link, a device or a file with other
+    hard links is left alone: following one could give the workers' account
+    some other file. Call it again before every reload (new paths, rotated
+    files).
+
+    Raises:
+        StartupError: a log file cannot be created or handed over; the message
+            names it.
+    """
+    for what, value in (("access", config.access), ("error", config.error)):
+        if value not in ("", "-"):
+            _hand_over(Path(value), what, credentials)
+
+
+def _hand_over(path: Path, what: str, credentials: WorkerCredentials) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise StartupError(f"[log] {what} = {str(path)!r}: {exc.strerror or exc}") from exc
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        return  # a symlink, /dev/stderr, a FIFO: not a file of ours to give away
+    if st is not None and st.st_uid == credentials.uid and st.st_gid == credentials.gid:
+        return
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o640)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot create the {what} log {path}: {exc.strerror or exc} (its directory "
+            "must exist; see [log] in the configuration)"
+        ) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return
+        if st.st_nlink > 1:
+            raise StartupError(
+                f"the {what} log {path} has {st.st_nlink} hard links: refusing to give it to "
+                f"{credentials.user}; remove it or point [log] {what} at a new file"
+            )
+        os.fchown(fd, credentials.uid, credentials.gid)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot give the {what} log {path} to {credentials}: {exc.strerror or exc}"
+        ) from exc
+    finally:
+        os.close(fd)
 
 
 @dataclass(eq=False)
@@ -139,9 +397,18 @@ def load_everything(path: str) -> tuple[Config, tuple[CertificateBundle, ...]]:
 
 
 class Supervisor:
-    def __init__(self, config_path: str, config: Config, bundles: tuple[CertificateBundle, ...]):
+    def __init__(
+        self,
+        config_path: str,
+        config: Config,
+        bundles: tuple[CertificateBundle, ...],
+        credentials: WorkerCredentials | None = None,
+    ):
         self.config_path = config_path
         self.config = config
+        # whom workers are started as (None: as this process); fixed for the node's life
+        self.credentials = credentials
+        self._started_node = config.node
         self.bundles = bundles  # from files; ACME-managed ones come from self.manager
         self.generation = 1
         self.store: Store | None = None
@@ -190,21 +457,49 @@ class Supervisor:
     # ---- workers -----------------------------------------------------------------------------
 
     def _spawn(self, slot: int, restarts: list[float] | None = None) -> WorkerHandle:
+        """Start a worker for ``slot`` (as :attr:`credentials` when set).
+
+        Raises:
+            StartupError: the process could not be started (e.g. the workers'
+                account may not execute the interpreter).
+        """
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child_fd = child.fileno()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tlsgate.worker",
-                "--ipc-fd",
-                str(child_fd),
-                "--slot",
-                str(slot),
-            ],
-            pass_fds=[child_fd],
-            stdin=subprocess.DEVNULL,
-        )
+        creds = self.credentials
+        try:
+            # With credentials, the child sets its groups, gid and uid after fork and
+            # before exec: not one line of worker code runs as root. cwd "/": every
+            # path in the model is absolute, and no worker sits in a private directory.
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tlsgate.worker",
+                    "--ipc-fd",
+                    str(child_fd),
+                    "--slot",
+                    str(slot),
+                ],
+                pass_fds=[child_fd],
+                stdin=subprocess.DEVNULL,
+                user=None if creds is None else creds.uid,
+                group=None if creds is None else creds.gid,
+                extra_groups=None if creds is None else list(creds.groups),
+                cwd=None if creds is None else "/",
+            )
+        except OSError as exc:
+            parent.close()
+            child.close()
+            what = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+            if creds is None:
+                raise StartupError(f"cannot start a worker process: {what}") from exc
+            real = os.path.realpath(sys.executable)
+            python = sys.executable + (f" (that is, {real})" if real != sys.executable else "")
+            raise StartupError(
+                f"cannot start a worker process as {creds}: {what}; {creds.user} must be able "
+                f"to execute {python} and read tlsgate's installation (install it outside "
+                "private directories such as /root)"
+            ) from exc
         child.close()
         handle = WorkerHandle(slot, proc, Channel(parent), restarts=restarts or [])
         assert self.loop is not None
@@ -216,6 +511,17 @@ class Supervisor:
         self.workers[slot] = handle
         log.info("worker %d started (pid %d)", slot, proc.pid)
         return handle
+
+    def _spawn_configured(self, slot: int) -> asyncio.Future[Configured]:
+        """Start a worker for ``slot`` and configure it; a start failure is its answer."""
+        try:
+            handle = self._spawn(slot)
+        except StartupError as exc:
+            assert self.loop is not None
+            fut: asyncio.Future[Configured] = self.loop.create_future()
+            fut.set_result(Configured(slot, self.generation, error=str(exc)))
+            return fut
+        return self._configure(handle)
 
     def _on_worker_message(self, handle: WorkerHandle, message: Message, fds: list[int]) -> None:
         for fd in fds:
@@ -288,7 +594,13 @@ class Supervisor:
                     if self.is_stopping():
                         return
                 recent.append(now)
-                new = self._spawn(slot, recent)
+                handle.restarts = recent
+                try:
+                    new = self._spawn(slot, recent)
+                except StartupError as exc:
+                    log.error("worker %d: %s; trying again", slot, exc)
+                    self.workers.setdefault(slot, handle)  # still dead: the next round retries
+                    continue
                 errors = await self._await_configured([self._configure(new)])
                 for e in errors:
                     log.error("restarted %s", e)
@@ -471,15 +783,18 @@ class Supervisor:
         binds = all_binds(self.config)
         for slot in range(n):
             self._open_slot_sockets(slot, binds)
-        futs = []
-        for slot in range(n):
-            futs.append(self._configure(self._spawn(slot)))
+        if self.credentials is not None:
+            log.info("workers run as %s", self.credentials)
+        elif os.geteuid() == 0:
+            log.info("workers run as root; set [node] user to run them as an unprivileged user")
+        futs = [self._spawn_configured(slot) for slot in range(n)]
         errors = await self._await_configured(futs)
         if errors:
             for e in errors:
                 log.error("%s", e)
             await self._shutdown(5.0)
-            raise StartupError("workers could not start; see the errors above")
+            more = f" (and {len(errors) - 1} more in the error log)" if len(errors) > 1 else ""
+            raise StartupError(f"workers could not start: {errors[0]}{more}")
         self.loop.add_signal_handler(signal.SIGHUP, lambda: self.loop.create_task(self.reload()))  # type: ignore[union-attr]
         self.loop.add_signal_handler(signal.SIGTERM, self._stop_event.set)
         self.loop.add_signal_handler(signal.SIGINT, self._stop_event.set)
@@ -525,6 +840,13 @@ class Supervisor:
         except (StoreError, CertificateError) as exc:
             log.error("reload failed: %s; still serving generation %d", exc, self.generation)
             return
+        if self.credentials is not None:
+            try:
+                prepare_log_files(config.log, self.credentials)
+            except StartupError as exc:
+                log.error("reload failed: %s; still serving generation %d", exc, self.generation)
+                return
+        self._warn_restart_only(config.node)
         old_config = self.config
         n_old, n_new = worker_count(old_config), worker_count(config)
         binds = all_binds(config)
@@ -549,7 +871,7 @@ class Supervisor:
             self._schedule_ticket_rotation()  # the key itself stays
         futs = [self._configure(h) for slot, h in self.workers.items() if slot < n_new]
         for slot in range(n_old, n_new):
-            futs.append(self._configure(self._spawn(slot)))
+            futs.append(self._spawn_configured(slot))
         for slot in range(n_new, n_old):
             handle = self.workers.get(slot)
             socks = self.sockets.pop(slot, {})
@@ -570,6 +892,24 @@ class Supervisor:
             return
         self._run_manager()
         log.info("reload complete: generation %d, %d worker(s)", self.generation, n_new)
+
+    def _warn_restart_only(self, node: NodeConfig) -> None:
+        """Log the [node] changes a reload cannot apply (they need a restart)."""
+        started = self._started_node
+        if (node.user, node.group) != (started.user, started.group):
+            running = self.credentials or "the supervisor's account"
+            log.warning(
+                "[node] user/group changed: only a restart applies it; workers, also the ones "
+                "started from now on, keep running as %s",
+                running,
+            )
+        if node.data_dir != started.data_dir:
+            log.warning(
+                "[node] data_dir changed to %s: only a restart applies it; this node keeps its "
+                "lock in %s",
+                node.data_dir,
+                started.data_dir,
+            )
 
     async def _shutdown(self, timeout: float) -> None:
         self.stopping = True
@@ -606,9 +946,25 @@ def serve(config_path: str) -> int:
 
     Raises:
         ConfigError, CertificateError: the config or certificates are invalid.
-        StartupError: sockets or workers could not be set up.
+        StartupError: another node holds the data_dir, the workers' account
+            cannot be used, or sockets or workers could not be set up.
     """
     config, bundles = load_everything(config_path)
-    setup_error_log(config.log, "supervisor")
-    supervisor = Supervisor(config_path, config, bundles)
-    return uvloop.run(supervisor.run())
+    credentials = worker_credentials(config.node)
+    lock = NodeLock.acquire(config.node.data_dir)
+    try:
+        try:
+            # before the files are handed to the workers' account: the supervisor
+            # keeps this descriptor, so it needs no right to open their file again
+            setup_error_log(config.log, "supervisor")
+        except OSError as exc:
+            raise StartupError(
+                f"cannot open the error log {config.log.error}: {exc.strerror or exc}"
+            ) from exc
+        if credentials is not None:
+            prepare_log_files(config.log, credentials)
+        warn_if_not_private(config.node.data_dir)
+        supervisor = Supervisor(config_path, config, bundles, credentials)
+        return uvloop.run(supervisor.run())
+    finally:
+        lock.close()

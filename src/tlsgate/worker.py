@@ -14,12 +14,23 @@ objects they started with.
 ``Stop`` (or SIGTERM, or the supervisor vanishing) drains: stop accepting,
 close idle connections, let in-flight exchanges finish until the deadline,
 then abort what is left and exit.
+
+Privileges: with ``[node] user`` a root supervisor starts the worker as that
+account already (the switch happens between fork and exec, see
+``tlsgate.supervisor``), so the worker never runs as root and never reads a key
+file: certificates and keys come in ``Configure``. Before it touches its
+channel, :func:`give_up_privileges` sets ``no_new_privs`` and, in a worker that
+is not root, drops every capability, including the ambient
+CAP_NET_BIND_SERVICE a systemd unit grants the whole node: the supervisor binds,
+the worker only accepts on the sockets it is given.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import errno
 import logging
 import os
 import signal
@@ -260,6 +271,61 @@ class Worker:
             self.done.set_result(None)
 
 
+# prctl(2) options and the capset(2) ABI, from <linux/prctl.h> and <linux/capability.h>
+_PR_SET_NO_NEW_PRIVS = 38
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+def give_up_privileges() -> None:
+    """Keep this worker from ever gaining a privilege, and drop those it does not need.
+
+    * ``PR_SET_NO_NEW_PRIVS``: no ``execve`` (of a set-user-ID program, a file
+      with capabilities) can give this process or its children more rights.
+    * When not root: clear the ambient capabilities and empty the permitted,
+      effective and inheritable sets. Dropping is always allowed, and nothing a
+      worker does needs a capability. A root worker (no ``[node] user``) keeps
+      its capabilities: root without them still owns every root file, so it
+      would gain little and could lose access to files it is configured to read.
+
+    Failures are logged, not raised: an old kernel without ambient capabilities
+    must not stop the node.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl, capset = libc.prctl, libc.capset
+    except (OSError, AttributeError) as exc:  # not glibc/Linux
+        log.warning("worker: cannot drop privileges here: %s", exc)
+        return
+    zero = ctypes.c_ulong(0)
+    if prctl(ctypes.c_int(_PR_SET_NO_NEW_PRIVS), ctypes.c_ulong(1), zero, zero, zero) != 0:
+        log.warning("worker: prctl(PR_SET_NO_NEW_PRIVS): %s", os.strerror(ctypes.get_errno()))
+    if os.geteuid() == 0:
+        return
+    clear_all = ctypes.c_ulong(_PR_CAP_AMBIENT_CLEAR_ALL)
+    if prctl(ctypes.c_int(_PR_CAP_AMBIENT), clear_all, zero, zero, zero) != 0:
+        err = ctypes.get_errno()
+        if err != errno.EINVAL:  # a kernel before 4.3 has no ambient set
+            log.warning("worker: cannot clear ambient capabilities: %s", os.strerror(err))
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()  # version 3: two 32-bit halves, all zero
+    if capset(ctypes.byref(header), data) != 0:
+        log.warning("worker: cannot drop capabilities: %s", os.strerror(ctypes.get_errno()))
+
+
 def _log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     # A bug in one connection's callbacks must be visible and must not end the worker.
     exc = context.get("exception")
@@ -308,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slot", type=int, required=True)
     args = parser.parse_args(argv)
     setup_error_log(None, f"worker {args.slot}")
+    give_up_privileges()  # before the channel: nothing has been received yet
     return uvloop.run(_main(args.ipc_fd, args.slot))
 
 

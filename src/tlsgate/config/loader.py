@@ -14,7 +14,10 @@ The ``[acme]`` section is read before the certificates, so that an
 use where it is written. Only when nothing was found is a
 :class:`~tlsgate.config.model.Config` returned; otherwise :class:`ConfigError`
 carries all the problems. Nothing here reads certificate or key files: the
-certificate code checks those.
+certificate code checks those. ``[node] user`` and ``group`` are looked up in
+this system's user database (``pwd``/``grp``, so NSS sources count too): a
+config that names an account this machine does not have fails here, in
+``tlsgate check``, rather than when the node starts its workers.
 
 Relative paths in the file resolve against the directory of the file.
 """
@@ -26,8 +29,10 @@ import binascii
 import dataclasses
 import datetime
 import difflib
+import grp
 import ipaddress
 import os
+import pwd
 import re
 import socket
 import tomllib
@@ -80,7 +85,15 @@ _ARRAY_SECTIONS = frozenset({"certificates", "listeners", "routes", "backends"})
 # any unknown key, but with a message that says why.
 _UNSUPPORTED_SECTIONS = ("admin", "ca")
 
-_NODE_KEYS = ("name", "data_dir", "workers", "shutdown_timeout", "ticket_key_rotation")
+_NODE_KEYS = (
+    "name",
+    "data_dir",
+    "workers",
+    "shutdown_timeout",
+    "ticket_key_rotation",
+    "user",
+    "group",
+)
 _LOG_KEYS = ("access", "error", "level")
 _STORE_KEYS = ("url", "key_file")
 _ACME_KEYS = (
@@ -579,6 +592,32 @@ def _is_ip(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _account_problem(kind: Literal["user", "group"], name: str) -> str | None:
+    """Why ``name`` is not a user (or group) of this system; None when it is one."""
+    try:
+        if kind == "user":
+            pwd.getpwnam(name)
+        else:
+            grp.getgrnam(name)
+    except KeyError:
+        pass
+    except (ValueError, UnicodeError):  # a NUL character, text the C library can't take
+        return f"{_show(name)} is not a valid {kind} name"
+    else:
+        return None
+    if _DIGITS.fullmatch(name):
+        return f"no {kind} named {_show(name)} on this system; write the {kind}'s name, not its id"
+    arg = name if _NAME.fullmatch(name) else "NAME"
+    if kind == "user":
+        create = f"useradd --system --home-dir /var/lib/tlsgate --shell /usr/sbin/nologin {arg}"
+    else:
+        create = f"groupadd --system {arg}"
+    return (
+        f"no {kind} named {_show(name)} on this system; create it "
+        f"(e.g. '{create}') or name an existing {kind}"
+    )
 
 
 def _has_control(value: str) -> bool:
@@ -1207,13 +1246,34 @@ class _Loader:
         if 0 < ticket_key_rotation < 1.0:
             table.add("ticket_key_rotation", "must be at least '1s'; the default is '12h'")
             ticket_key_rotation = 43200.0
+        user = self._account(table, "user")
+        group = self._account(table, "group")
+        if table.given("group") and not table.given("user"):
+            table.add(
+                "group",
+                "group is the workers' group when they run as node.user; set user too "
+                '(e.g. user = "tlsgate"), or remove group',
+            )
         return NodeConfig(
             name=name,
             data_dir=data_dir,
             workers=workers,
             shutdown_timeout=shutdown_timeout,
             ticket_key_rotation=ticket_key_rotation,
+            user=user,
+            group=group,
         )
+
+    def _account(self, table: _Table, kind: Literal["user", "group"]) -> str:
+        """``[node] user`` or ``group``: a name this system knows; "" when not set."""
+        value = table.text(kind)
+        if not value:
+            return ""
+        problem = _account_problem(kind, value)
+        if problem is not None:
+            table.add(kind, problem)
+            return ""
+        return value
 
     def _log(self, table: _Table) -> LogConfig:
         access = table.string("access", "-")

@@ -51,6 +51,10 @@ class NodeConfig:
     workers: int = 0  # 0 = one per CPU core
     shutdown_timeout: float = 30.0  # SIGTERM: how long in-flight requests may finish
     ticket_key_rotation: float = 43200.0  # a new TLS session ticket key this often (12 h)
+    # the workers' account (names checked against the user database by the loader);
+    # "" = workers run as the supervisor does. group "" = the user's primary group.
+    user: str = ""
+    group: str = ""
 
 
 @dataclass(frozen=True)
