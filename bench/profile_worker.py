@@ -47,6 +47,8 @@ import tlsgate
 
 _SCENARIOS = {
     "https": "HTTPS keep-alive, 100-byte responses",
+    "handshakes": "full TLS 1.3 handshakes (ECDSA), one request per connection",
+    "resumed": "resumed TLS 1.3 handshakes (tickets), one request per connection",
     "passthrough": "TLS passthrough, a new connection per ClientHello, 100-byte answer",
 }
 
@@ -86,9 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--scenario",
-        choices=("https", "passthrough"),
+        choices=tuple(_SCENARIOS),
         default="https",
-        help="https: row 1 (keep-alive); passthrough: row 6 (new connections)",
+        help="https: row 1 (keep-alive); handshakes / resumed: rows 4a / 5a "
+        "(8 openssl s_time clients, one request per connection); passthrough: row 6",
     )
     parser.add_argument("--seconds", type=int, default=8, help="how long to sample")
     parser.add_argument("--top", type=int, default=25, help="Python frames to list")
@@ -101,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     build = "compiled" if tlsgate.COMPILED else "pure Python"
     lines = [
         f"bench/profile_worker.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: "
-        f"one tlsgate worker on core 0 ({build}), nginx and wrk -t1 -c50 on core 1, "
+        f"one tlsgate worker on core 0 ({build}), nginx and the clients on core 1, "
         f"{_SCENARIOS[args.scenario]}, {args.seconds} s",
     ]
     with tempfile.TemporaryDirectory(prefix="tlsgate-profile-") as tmp:
@@ -110,13 +113,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             backend = start_backend(ps, work, free_port(), free_port(), work / "big", cpus="1")
             port = free_port()
             wrk_args = ["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{args.seconds + 3}s"]
-            if args.scenario == "https":
+            clients = 1
+            if args.scenario in ("https", "handshakes", "resumed"):
                 cert = write_certificate(work, "ecdsa-p256")
                 gate = start_tlsgate_https(
                     ps, work, port, backend.http_port, cert, HttpsOptions(), cpus="0"
                 )
                 wait_until(gate, https_probe(port), "tlsgate")
                 wrk_args.append(f"https://127.0.0.1:{port}/")
+                if args.scenario != "https":  # as make bench rows 4a and 5a run them
+                    reuse = "-reuse" if args.scenario == "resumed" else "-new"
+                    wrk_args = ["taskset", "-c", "1", "openssl", "s_time", "-connect"]
+                    wrk_args += [f"127.0.0.1:{port}", "-tls1_3", "-www", "/", "-no-CApath"]
+                    wrk_args += ["-no-CAfile", "-no-CAstore", reuse]
+                    wrk_args += ["-time", str(args.seconds + 3)]
+                    clients = 8
             else:
                 if backend.stream_port is None:
                     print("the passthrough scenario needs libnginx-mod-stream", file=sys.stderr)
@@ -128,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 script = write_hello_script(work / "hello.lua")
                 wrk_args += ["-s", str(script), f"http://127.0.0.1:{port}/"]
             worker = _worker_pid(gate.pgid)
-            wrk = subprocess.Popen(wrk_args, stdout=subprocess.DEVNULL)
+            load = [subprocess.Popen(wrk_args, stdout=subprocess.DEVNULL) for _ in range(clients)]
             time.sleep(1.0)
             samplers = []
             raw = work / "pyspy.txt"
@@ -147,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             for s in samplers:
                 s.wait()
-            wrk.wait()
+            for p in load:
+                p.wait()
             lines += _pyspy_summary(raw, args.top) if have_pyspy else ["py-spy: not installed"]
             lines += _perf_summary(data) if have_perf else ["perf: not installed"]
     text = "\n".join(lines) + "\n"
