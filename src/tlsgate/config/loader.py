@@ -123,6 +123,8 @@ _LIMIT_KEYS = (
     "tls_handshake_timeout",
     "max_header_size",
     "max_body_size",
+    "body_timeout",
+    "body_min_rate",
     "max_headers",
     "max_connections",
     "max_client_hello_size",
@@ -1766,6 +1768,8 @@ class _Loader:
             tls_handshake_timeout=table.duration("tls_handshake_timeout", 10.0),
             max_header_size=table.size("max_header_size", 64 * 1024, minimum=1),
             max_body_size=table.size("max_body_size", 0),
+            body_timeout=table.duration("body_timeout", 60.0),
+            body_min_rate=table.size("body_min_rate", 500),
             max_headers=table.integer("max_headers", 100, minimum=1),
             max_connections=table.integer("max_connections", 10_000, minimum=1),
             max_client_hello_size=table.size(

@@ -124,6 +124,10 @@ class ListenerLimits:
     max_header_size: int = 64 * 1024  # request line + all headers, bytes
     max_headers: int = 100
     max_body_size: int = 0  # 0 = unlimited
+    # request body (slow POST): the longest wait for its next bytes, and after that much
+    # time the least average rate in bytes per second (0 = no rate)
+    body_timeout: float = 60.0
+    body_min_rate: int = 500
     max_connections: int = 10_000  # per listener, per worker
     tls_handshake_timeout: float = 10.0
     # tcp / tls-passthrough listeners (and the PROXY header on any listener)
@@ -208,7 +212,7 @@ class BackendConfig:
     proxy_protocol_crc32c: bool = False  # v2 only: append a CRC32C TLV
     health: HealthCheckConfig | None = None  # None = no active checks
     connect_timeout: float = 5.0
-    read_timeout: float = 60.0  # max silence while waiting for / reading a response
+    read_timeout: float = 60.0  # max server silence after the request body / reading a response
     retries: int = 2  # other servers tried when a connect fails and nothing was sent
     max_idle_per_server: int = 256  # keep-alive pool size per server, per worker
     pool_idle_timeout: float = 2.0  # pooled connections idle longer than this are closed

@@ -24,6 +24,12 @@ Whether the request body has been read completely is the one other dimension
     TUNNEL     -> DONE
     any but DONE/ABANDONED -> ABANDONED (the client went away)
 
+Until the request body is all read, a server that says nothing is waiting for
+the client, not late: its ``read_timeout`` is put off while the client is
+still sending (:meth:`Exchange.upstream_request_pending`), unless the server
+stops taking the body (``net.upstream``); the client's ``body_timeout`` bounds
+that wait.
+
 Framing and keep-alive decisions are the pure functions of ``proto.http1``
 (:func:`~tlsgate.proto.http1.response_framing`,
 :func:`~tlsgate.proto.http1.client_keep_alive`).
@@ -33,11 +39,14 @@ answered with an error page (:meth:`Exchange.error_page`): upstream trouble
 with 502/503/504, including a broken response whose head was relayed in the
 same upstream read, which is still corked in the client's output and taken
 back. After that, the client connection is aborted (the only honest option).
-Either way the exchange gets a request id -- 16 random hex digits, made only
-on these paths -- and the detail goes to the error log and the access log
-under it. A 5xx page shows the client only its status and that id: server
-addresses, errno text and config names stay inside. A 4xx page also says what
-was wrong with the request, in words that name no setting.
+A request body too slow for the listener's ``body_timeout``/``body_min_rate``
+(timed by the client connection) ends the same way, with a 408 page or the
+abort, and the upstream connection is closed, not pooled: the server sees the
+request end unfinished. Either way the exchange gets a request id -- 16 random
+hex digits, made only on these paths -- and the detail goes to the error log
+and the access log under it. A 5xx page shows the client only its status and
+that id: server addresses, errno text and config names stay inside. A 4xx page
+also says what was wrong with the request, in words that name no setting.
 """
 
 from __future__ import annotations
@@ -207,6 +216,9 @@ class Exchange:
             kept = [(n, v) for n, v in trailers if n.lower() not in http1.HOP_BY_HOP]
             self._send_upstream(http1.last_chunk(kept))
         self.request_done = True
+        upstream = self.upstream
+        if upstream is not None and self.body_received:
+            upstream.request_sent()  # its read_timeout was put off while the body came
 
     def tunnel_bytes(self, data: bytes) -> None:
         """Client bytes after an upgrade request: held until the server agrees (101)."""
@@ -372,6 +384,12 @@ class Exchange:
             return
         out = http1.rewrite_response_headers(headers, hsts="", keep_alive=True)
         self.conn.write(http1.response_head_bytes(status, reason, out))
+        if status == 100 and not self.request_done and not self.body_received:
+            self.conn.body_continue()  # the client waited for this to send its body
+
+    def upstream_request_pending(self) -> bool:
+        """The client is still sending the request (its body is not all read)."""
+        return not self.request_done
 
     def upstream_response_head(
         self,

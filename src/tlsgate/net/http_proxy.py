@@ -16,7 +16,20 @@ connection only parses, validates and queues.
 Timeouts are deadlines on the worker's wheel (``net.deadlines``): the request
 head must arrive within ``header_timeout``; between requests the connection
 may stay idle for ``idle_timeout``. While an exchange is in progress, the
-upstream side's timeouts apply.
+upstream side's timeouts apply, and while its request body is being read, the
+body's own (slow POST): its next bytes must come within ``body_timeout``, and
+with ``body_min_rate`` the body must average that many bytes per second after
+a first ``body_timeout`` of grace (Apache's mod_reqtimeout ``MinRate``). Both
+are one deadline, ``min(last read + body_timeout, start + body_timeout +
+received / body_min_rate)``, which only grows as bytes come: each body read
+moves it later with a float store, no timer. Time spent with reading paused by
+tlsgate itself (an upstream that takes the body slowly, a full buffer, a full
+pipeline) is not the client's: the deadline stops, and starts again on resume.
+A ``100 Continue`` relayed before any body byte starts the body's clock over
+(the client was told to wait for it). A body that misses its deadline is
+answered ``408`` with ``Connection: close`` if no response has started yet, or
+else the connection is closed; the upstream connection is closed, never pooled,
+and the error and access logs say why.
 
 A ``101 Switching Protocols`` answer to an upgrade request (WebSocket) turns
 the pair of connections into a byte tunnel.
@@ -61,6 +74,7 @@ TRANSPORT_HIGH_WATER = 256 * 1024
 # What a connection waits for while its deadline runs.
 _WAIT_HEAD = 1
 _WAIT_IDLE = 2
+_WAIT_BODY = 3  # the rest of a request body (body_timeout, body_min_rate)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -87,6 +101,9 @@ class ClientConnection(asyncio.Protocol):
         # the response head limits each exchange hands its upstream connection
         self.max_header_size = self.limits.max_header_size
         self.max_headers = self.limits.max_headers
+        # read on every request body piece
+        self._body_timeout = self.limits.body_timeout
+        self._body_rate = float(self.limits.body_min_rate)
         self.tls = tls
         self.hsts = listener.config.hsts if tls else ""
         self.proxy = proxy
@@ -119,6 +136,11 @@ class ClientConnection(asyncio.Protocol):
         self.deadline = INF
         self.slot = 0
         self._waiting = 0
+        # the request body being read (_WAIT_BODY): when its clock started (moved on by
+        # the time reading was paused), its last read, when reading was paused (0: not)
+        self._body_start = 0.0
+        self._body_last = 0.0
+        self._body_paused_at = 0.0
         # output held while corked: one upstream read becomes one client write
         self._corked = 0
         self._out: list[bytes] = []
@@ -279,6 +301,11 @@ class ClientConnection(asyncio.Protocol):
     def pause_reading(self, reason: int) -> None:
         if not self.paused and self.transport is not None and not self.closed:
             self.transport.pause_reading()
+            if self._waiting == _WAIT_BODY:
+                # not read now: not the client's time. The wheel drops the connection
+                # when its slot comes; resume_reading arms it again
+                self._body_paused_at = self.loop.time()
+                self.deadline = INF
         self.paused |= reason
 
     def resume_reading(self, reason: int) -> None:
@@ -286,6 +313,8 @@ class ClientConnection(asyncio.Protocol):
             self.paused &= ~reason
             if not self.paused and self.transport is not None and not self.closed:
                 self.transport.resume_reading()
+                if self._waiting == _WAIT_BODY:
+                    self._body_resumed()
 
     def data_received(self, data: bytes) -> None:
         if self.tunnel_upstream is not None:
@@ -338,23 +367,42 @@ class ClientConnection(asyncio.Protocol):
         if version == "0.9" or (version == "0.0" and data.endswith(b"\n")):
             self._reject(400, "HTTP/0.9 request line (no HTTP version)")
 
-    def _reject(self, status: int, detail: str) -> None:
-        """Answer a broken request (after anything queued before it) and stop reading."""
+    def _reject(self, status: int, detail: str, public: str | None = None) -> None:
+        """Answer a broken request (after anything queued before it) and stop reading.
+
+        The client is told ``public`` if given, else ``detail`` (see ``Exchange.error_page``).
+        """
         self.deadline = INF
+        self._waiting = 0
         self.pause_reading(self.PAUSED_REJECTED)
         ex = self.receiving
         self.receiving = None
-        if ex is not None and ex.state != WAITING and not ex.finished:
-            # the request whose body broke the rules is already on its way: cut it
-            self.draining = True
+        if ex is not None and not ex.finished:
             ex.request_done = True
             ex.client_keep_alive = False
             ex.close_after = True
-            ex.fail_local(status, detail, client_error=True)
+            if ex.state == WAITING:
+                # pipelined behind another, not started: it becomes the error answer
+                # itself, in its turn, and what arrived of its body goes nowhere
+                ex.buffer = None
+                ex.buffered = 0
+                ex.status = status
+                info = ex.info
+                ex.local_response = ex.error_page(
+                    status,
+                    detail,
+                    public,
+                    client_error=True,
+                    head=info is not None and info.method == b"HEAD",
+                )
+                return
+            # the request whose body broke the rules is already on its way: cut it
+            self.draining = True
+            ex.fail_local(status, detail, public, client_error=True)
             return
         ex = Exchange(self, None, [], local_status=status, close_after=True)
         # the detail describes the request (even for 501/505): the client may read it
-        ex.local_response = ex.error_page(status, detail, client_error=True)
+        ex.local_response = ex.error_page(status, detail, public, client_error=True)
         self._enqueue(ex)
 
     # ---- httptools callbacks -----------------------------------------------------------------
@@ -413,6 +461,8 @@ class ClientConnection(asyncio.Protocol):
             max_body_size=limits.max_body_size,
             framed_by_llhttp=True,
         )
+        if info.content_length or info.body == "chunked":
+            self._wait_body()  # before the exchange starts: it may end, and close, at once
         lc = self.listener.config
         if lc.client_ip_header and self.fwd.peer_trusted:
             self._take_client_ip_header(headers)
@@ -442,11 +492,20 @@ class ClientConnection(asyncio.Protocol):
         self._enqueue(ex)
 
     def on_body(self, body: bytes) -> None:
-        if self.receiving is not None:
-            self.receiving.request_body(body)
+        ex = self.receiving
+        if ex is not None:
+            ex.request_body(body)
+            if self._waiting == _WAIT_BODY and not self.paused:
+                now = self.loop.time()
+                self._body_last = now
+                # never earlier than before: a float store (net.deadlines)
+                self.deadline = self._body_deadline(now, ex.body_received)
 
     def on_message_complete(self) -> None:
         ex, self.receiving = self.receiving, None
+        if self._waiting == _WAIT_BODY:
+            self._waiting = 0
+            self.deadline = INF
         if ex is not None:
             ex.request_complete(self._trailers)
 
@@ -528,6 +587,7 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel_exchange = ex
         self.tunnel_upstream = upstream
         self.deadline = INF
+        self._waiting = 0  # bytes after the upgrade are no request body
         if ex.buffer:
             upstream.write(b"".join(ex.buffer))
             ex.buffer = None
@@ -610,8 +670,11 @@ class ClientConnection(asyncio.Protocol):
     def deadline_reached(self, now: float) -> None:
         if self.closed:
             return
-        if self._waiting == _WAIT_HEAD:
+        waiting = self._waiting
+        if waiting == _WAIT_HEAD:
             self._header_timeout()
+        elif waiting == _WAIT_BODY:
+            self._body_timed_out(now)
         elif not self.queue and not self.in_head:
             self._close()
 
@@ -628,6 +691,76 @@ class ClientConnection(asyncio.Protocol):
             if self.ctx.access.enabled:
                 self.ctx.access.write(ex.access_record())
         self._close()
+
+    # ---- the request body's deadline (body_timeout, body_min_rate) ------------------------------
+
+    def _wait_body(self) -> None:
+        """A request body follows the head just parsed: start its clock."""
+        timeout = self._body_timeout
+        if timeout <= 0:
+            return
+        now = self.loop.time()
+        self._waiting = _WAIT_BODY
+        self._body_start = now
+        self._body_last = now
+        if self.paused:
+            self._body_paused_at = now  # not read now: the clock starts at resume_reading
+            self.deadline = INF
+        else:
+            self._body_paused_at = 0.0
+            self.ctx.deadlines.arm(self, now + timeout)
+
+    def _body_deadline(self, now: float, received: int) -> float:
+        """The body's next deadline after a read at ``now``, ``received`` bytes in all."""
+        timeout = self._body_timeout
+        deadline = now + timeout
+        rate = self._body_rate
+        if rate <= 0.0:
+            return deadline
+        # the first body_timeout is grace, then every `rate` bytes buy one second more
+        slow = self._body_start + timeout + received / rate
+        return slow if slow < deadline else deadline
+
+    def _body_resumed(self) -> None:
+        """Reading resumed during a body: the paused time is taken off its clock."""
+        now = self.loop.time()
+        if self._body_paused_at:
+            self._body_start += now - self._body_paused_at
+            self._body_paused_at = 0.0
+        self._body_last = now
+        ex = self.receiving
+        received = ex.body_received if ex is not None else 0
+        self.ctx.deadlines.arm(self, self._body_deadline(now, received))
+
+    def body_continue(self) -> None:
+        """A ``100 Continue`` reached the client before any of its body: the client was
+        waiting for it, so the body's clock starts now."""
+        if self._waiting == _WAIT_BODY and not self.paused and not self.closed:
+            now = self.loop.time()
+            self._body_start = now
+            self._body_last = now
+            self.deadline = now + self._body_timeout  # later than before: a float store
+
+    def _body_timed_out(self, now: float) -> None:
+        self._waiting = 0
+        ex = self.receiving
+        if ex is None:
+            return
+        if ex.finished:
+            self._close()  # already answered: the rest of its body is not worth waiting for
+            return
+        timeout = self._body_timeout
+        if now >= self._body_last + timeout:
+            detail = f"request body: nothing for {timeout:g}s (body_timeout)"
+            public = "the request body did not arrive in time"
+        else:
+            detail = (
+                f"request body: {ex.body_received} bytes in {now - self._body_start:.1f}s, "
+                f"slower than body_min_rate ({self.limits.body_min_rate} bytes/s after the "
+                f"first {timeout:g}s)"
+            )
+            public = "the request body arrived too slowly"
+        self._reject(408, detail, public)
 
 
 _NO_FORWARDING = http1.ForwardingContext(

@@ -13,7 +13,15 @@ fresh parser with the next ``begin()``, so no stale parser state survives.
 Timeouts are deadlines on the worker's wheel (``net.deadlines``): while an
 exchange runs, ``read_timeout`` after the last byte received; while pooled,
 ``pool_idle_timeout`` after release. Moving the deadline on each read is a
-float store, not a timer.
+float store, not a timer. A server that says nothing before its response head
+while the client is still sending the request body is waiting for the rest of
+it, not late: when the deadline comes then, it is put off by another
+``read_timeout`` (the client's ``body_timeout`` bounds that wait) -- unless
+the server has stopped taking the body (this connection's write buffer is
+full): ``pause_writing`` and ``resume_writing`` move the deadline, so a server
+that takes none of the body for ``read_timeout`` times out as a silent one does.
+The end of a body moves it too (``request_sent``): the wait for the response
+starts there.
 
 Response heads (and trailer sections) have the limits of the listener the
 request came in on, which ``begin()`` passes: ``max_header_size`` bytes for
@@ -73,6 +81,9 @@ class UpstreamOwner(Protocol):
     ) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_complete(self, trailers: Headers, reusable: bool) -> None: ...
+    def upstream_request_pending(self) -> bool:
+        """The client is still sending the request: the server may be waiting for it."""
+
     def upstream_upgraded(self, data: bytes) -> None: ...
     def upstream_failed(self, error: UpstreamFailure, *, unsent: bool = False) -> None:
         """``unsent``: the response head was relayed in this very read, still corked."""
@@ -100,6 +111,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.tunnel = False
         self.read_timeout = server.backend.config.read_timeout
+        self._write_blocked = False  # between pause_writing and resume_writing
         # deadline-wheel and pool bookkeeping (net.deadlines.Timed, net.pool.Poolable)
         self.deadline = INF
         self.slot = 0
@@ -180,6 +192,11 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.closed and self.transport is not None:
             self.transport.write(data)
 
+    def request_sent(self) -> None:
+        """The rest of a request body went out: the server's silence counts from now."""
+        if self.owner is not None and not self._head_done:
+            self._moved()
+
     def release(self) -> None:
         """The owner is done with this connection (it may go back to a pool)."""
         self.owner = None
@@ -207,12 +224,20 @@ class UpstreamConnection(asyncio.Protocol):
         owner = self.owner
         if owner is None or self.tunnel:
             return
+        if not self._head_done and owner.upstream_request_pending():
+            if not self._write_blocked:
+                # it waits for the rest of the request body, which the client is slow to
+                # send: the client's body_timeout applies, not this
+                self.deadlines.arm(self, now + self.read_timeout)
+                return
+            what = "took none of the request body"
+        else:
+            what = "sent nothing"
         self.owner = None
         self.abort()
         owner.upstream_failed(
             UpstreamTimeout(
-                f"server {self.server.key} sent nothing for {self.read_timeout:g}s "
-                "(backend read_timeout)"
+                f"server {self.server.key} {what} for {self.read_timeout:g}s (backend read_timeout)"
             )
         )
 
@@ -328,12 +353,23 @@ class UpstreamConnection(asyncio.Protocol):
             )
 
     def pause_writing(self) -> None:
-        if self.owner is not None:
-            self.owner.upstream_pause_writing()
+        self._write_blocked = True
+        owner = self.owner
+        if owner is not None:
+            self._moved()
+            owner.upstream_pause_writing()
 
     def resume_writing(self) -> None:
-        if self.owner is not None:
-            self.owner.upstream_resume_writing()
+        self._write_blocked = False
+        owner = self.owner
+        if owner is not None:
+            self._moved()
+            owner.upstream_resume_writing()
+
+    def _moved(self) -> None:
+        """The server took some of the request (or stopped): its silence counts from now."""
+        if self.deadline != INF:
+            self.deadline = self.loop.time() + self.read_timeout  # later: a float store
 
     def _fail(self, error: UpstreamFailure, *, unsent: bool = False) -> None:
         owner = self.owner
