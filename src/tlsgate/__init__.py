@@ -39,7 +39,13 @@ class _SourceOnlyFinder(importlib.abc.MetaPathFinder):
 
 
 def _use_compiled() -> bool:
-    extensions = [p for p in _HERE.rglob("*.so") if p.name.split(".")[0] != "__init__"]
+    # only extensions this interpreter would import: a build for 3.11 is not one for 3.13
+    suffixes = importlib.machinery.EXTENSION_SUFFIXES
+    extensions = [
+        p
+        for p in _HERE.rglob("*.so")
+        if p.name.split(".")[0] != "__init__" and "." + p.name.split(".", 1)[1] in suffixes
+    ]
     if not extensions:
         return False
     stale = []
