@@ -165,7 +165,7 @@ class SqliteStore:
             check_same_thread=False,  # used from asyncio.to_thread's pool, never concurrently
         )
         try:
-            conn.execute("PRAGMA journal_mode = WAL")
+            self._set_wal(conn)
             # FULL: a committed certificate or lease survives a power cut too;
             # writes are rare (issuance, registration), so the fsync is cheap.
             conn.execute("PRAGMA synchronous = FULL")
@@ -173,6 +173,27 @@ class SqliteStore:
             conn.close()
             raise
         return conn
+
+    def _set_wal(self, conn: sqlite3.Connection) -> None:
+        """``PRAGMA journal_mode = WAL``, waiting like every other statement does.
+
+        Switching a fresh database file to WAL takes an exclusive lock, and SQLite
+        answers "database is locked" at once, without the busy handler, when another
+        connection is opening the same file at that moment (two processes starting
+        together). Retried here for up to the busy timeout.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        delay = 0.005
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                busy = "locked" in str(exc) or "busy" in str(exc)
+                if not busy or time.monotonic() + delay > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``fn(conn)`` on the shared connection in a worker thread."""
