@@ -11,6 +11,8 @@ the PROXY header an https listener sends.
 
 from __future__ import annotations
 
+import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -266,3 +268,58 @@ def test_nginx_http_backend_reads_the_header_an_https_listener_sends(
         assert res.body == f"web {source} {source}\n".encode()
     lines = wait_log_lines(log, 2)
     assert [line.split()[0] for line in lines] == list(CLIENTS)
+
+
+def test_an_http10_request_without_host_reaches_nginx_with_the_reconstructed_authority(
+    make_gate: GateFactory, make_nginx: NginxFactory, pki: Pki, tmp_path: Path
+) -> None:
+    """An HTTP/1.0 client that sends no Host (``openssl s_time -www``, monitoring
+    probes) is forwarded as HTTP/1.1, which must carry a Host. An empty one, RFC 9112
+    §3.2's letter, gets a 400 from nginx; RFC 9112 §3.3's authority does not: the SNI
+    name, else tlsgate's own address."""
+    port = free_port()
+    make_nginx(
+        "hostless",
+        [port],
+        http=f"""
+    server {{
+        listen 127.0.0.1:{port};
+        access_log off;
+        location / {{
+            return 200 "host=$http_host\\n";
+        }}
+    }}
+""",
+    )
+    gate_port = free_port()
+    make_gate(
+        pki.toml()
+        + table(
+            "listeners",
+            name="https",
+            bind=[f"127.0.0.1:{gate_port}"],
+            protocol="https",
+            backend="web",
+        )
+        + table("backends", name="web", servers=[f"127.0.0.1:{port}"])
+    )
+
+    def get(server_name: str | None) -> bytes:
+        context = ssl.create_default_context(cafile=str(pki.ca_file))
+        context.check_hostname = False
+        with (
+            socket.create_connection(("127.0.0.1", gate_port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=server_name) as tls,
+        ):
+            tls.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            response = b""
+            while chunk := tls.recv(65536):
+                response += chunk
+        return response
+
+    with_sni = get("localhost")
+    assert with_sni.startswith(b"HTTP/1.1 200 "), with_sni[:200]
+    assert with_sni.endswith(b"\r\n\r\nhost=localhost\n")
+    without_sni = get(None)
+    assert without_sni.startswith(b"HTTP/1.1 200 "), without_sni[:200]
+    assert without_sni.endswith(f"\r\n\r\nhost=127.0.0.1:{gate_port}\n".encode())

@@ -46,11 +46,8 @@ left to the header timeout.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
-import socket
-from collections import deque
 from typing import cast
 
 import httptools
@@ -109,8 +106,12 @@ class ClientConnection(asyncio.Protocol):
         self.proxy = proxy
         self.transport: asyncio.Transport | None = None
         # its callbacks are bound methods of this object: connection_lost breaks the cycle
-        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
-        self.queue: deque[Exchange] = deque()
+        # made on the first bytes: an idle connection (keep-alive, or a TLS client that
+        # has not sent its request yet) holds no llhttp state (about 0.9 KiB)
+        self.parser: httptools.HttpRequestParser | None = None
+        # in order, at most MAX_PIPELINE + 1: a list (an empty deque is ~0.7 KiB, and
+        # most connections hold one exchange at a time)
+        self.queue: list[Exchange] = []
         self.receiving: Exchange | None = None
         self.paused = 0
         self.writing_paused = False
@@ -156,11 +157,7 @@ class ClientConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it
         self.transport = t = cast(asyncio.Transport, transport)
         t.set_write_buffer_limits(high=TRANSPORT_HIGH_WATER)
-        sock = t.get_extra_info("socket")
-        if sock is not None:
-            # a response head and body can be separate writes; Nagle would hold the second
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # (TCP_NODELAY: uvloop and asyncio set it on every TCP transport themselves)
         peer = t.get_extra_info("peername")
         peer_ip = str(peer[0]) if peer else ""
         self.peer_port = int(peer[1]) if peer else 0
@@ -175,13 +172,13 @@ class ClientConnection(asyncio.Protocol):
         self.local_port = int(sockname[1]) if sockname else 0
         if self.proxy is not None and self.proxy.command == "PROXY" and self.proxy.destination:
             self.local_ip, self.local_port = self.proxy.destination
-        self._set_forwarding(peer_ip, peer_ip)
         if self.tls:
             ssl_object = t.get_extra_info("ssl_object")
             if ssl_object is not None:
                 self.tls_version = ssl_object.version()
                 if self.listener.certificates is not None:
                     self.sni = self.listener.certificates.sni_of(ssl_object)
+        self._set_forwarding(peer_ip, peer_ip)
         self.listener.connections.add(self)
         self.ctx.connections.add(self)
         if len(self.listener.connections) > self.limits.max_connections:
@@ -211,6 +208,9 @@ class ClientConnection(asyncio.Protocol):
             proto="https" if self.tls else "http",
             listener_port=self.local_port,
             client_ip_header=lc.client_ip_header.encode("ascii"),
+            authority=http1.default_authority(
+                self.sni, self.local_ip, self.local_port, tls=self.tls
+            ),
         )
         self.client_key = client_ip.encode()
 
@@ -228,9 +228,9 @@ class ClientConnection(asyncio.Protocol):
             up.close()
             if self.tunnel_exchange is not None:
                 self.tunnel_exchange.abandon()
-        for ex in self.queue:
+        queue, self.queue = self.queue, []
+        for ex in queue:
             ex.abandon()
-        self.queue.clear()
         # Nothing may lead back to this object any more (the parser's callbacks, an
         # exchange's .conn): then refcounting frees it, its transport and uvloop's 256 KiB
         # SSL read buffer right now. In a cycle they would wait for a full collection of
@@ -327,10 +327,13 @@ class ClientConnection(asyncio.Protocol):
         if self.draining and not self.queue and not self.in_head:
             self._close()
             return
-        if self.parser is None:
-            return  # closed
+        parser = self.parser
+        if parser is None:
+            if self.closed:
+                return
+            parser = self.parser = httptools.HttpRequestParser(self)
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
             if self.in_head and self._url:
                 self._check_request_line(data)  # rare: a head split over reads
         except httptools.HttpParserUpgrade as exc:
@@ -565,7 +568,7 @@ class ClientConnection(asyncio.Protocol):
     def exchange_finished(self, ex: Exchange, *, abort: bool = False) -> None:
         queue = self.queue
         if queue and queue[0] is ex:
-            queue.popleft()
+            del queue[0]
         if self.paused & self.PAUSED_PIPELINE and len(queue) <= MAX_PIPELINE:
             self.resume_reading(self.PAUSED_PIPELINE)
         if abort:

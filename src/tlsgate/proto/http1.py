@@ -566,6 +566,12 @@ class ForwardingContext:
         listener_port: the port the client connected to.
         client_ip_header: the listener's configured client-IP header (e.g.
             ``b"CF-Connecting-IP"``), removed from untrusted peers' requests.
+        authority: the Host sent upstream for a request that has none (an
+            HTTP/1.0 request without Host): the authority RFC 9112 §3.3
+            reconstructs for it, the name the client asked for by SNI or else the
+            connection's local address (see :func:`default_authority`). An empty
+            Host, which is what RFC 9112 §3.2 has a client send without one, is
+            refused by common servers (nginx answers 400).
     """
 
     client_ip: str
@@ -574,6 +580,7 @@ class ForwardingContext:
     proto: Literal["http", "https"]
     listener_port: int
     client_ip_header: bytes = b""
+    authority: bytes = b""
     # encoded once per connection, used by every request on it
     _client: bytes = field(init=False, repr=False)
     _peer: bytes = field(init=False, repr=False)
@@ -592,6 +599,26 @@ class ForwardingContext:
         setattr_(self, "_for_client", b"for=" + _forwarded_node(self.client_ip))
         setattr_(self, "_for_peer", b"for=" + _forwarded_node(self.peer_ip))
         setattr_(self, "_ip_header", self.client_ip_header.lower())
+
+
+def default_authority(
+    server_name: str | None, local_ip: str, local_port: int, *, tls: bool
+) -> bytes:
+    """The authority of a request that names none (RFC 9112 §3.3: "the default name
+    configured for the server or, if no such name is configured, the connection's
+    local IP address"): the SNI name, else ``local_ip:local_port``, the port left out
+    when it is the scheme's default."""
+    if server_name:
+        try:
+            return server_name.encode("idna")
+        except UnicodeError:
+            pass  # not a name OpenSSL would have let through; use the address
+    host = f"[{local_ip}]" if ":" in local_ip else local_ip
+    if not host:
+        return b""
+    if local_port and local_port != (443 if tls else 80):
+        host = f"{host}:{local_port}"
+    return host.encode("ascii", "replace")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -644,7 +671,8 @@ def rewrite_request_headers(headers: Headers, info: RequestInfo, fwd: Forwarding
     - Removes Content-Length and Transfer-Encoding: the caller adds the framing
       it really uses.
     - An absolute-form target replaces Host with its authority (RFC 9112
-      §3.2.2); a request without Host gets an empty one (RFC 9112 §3.2).
+      §3.2.2); a request without Host gets ``fwd.authority`` (RFC 9112 §3.3),
+      since the HTTP/1.1 request we send must carry one.
     - Forwarding: from an untrusted peer every X-Forwarded-*, Forwarded,
       X-Real-IP and ``fwd.client_ip_header`` field is removed, then
       ``X-Forwarded-For: <client_ip>`` and a one-element Forwarded are set.
@@ -714,7 +742,7 @@ def rewrite_request_headers(headers: Headers, info: RequestInfo, fwd: Forwarding
         out.append((name, value))
 
     if not seen_host:
-        out.insert(0, (b"Host", b""))
+        out.insert(0, (b"Host", fwd.authority))
     elif absolute:
         out.insert(0, (b"Host", host_value))
 

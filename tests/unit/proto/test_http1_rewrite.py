@@ -12,6 +12,7 @@ from tlsgate.proto.http1 import (
     ForwardingContext,
     Headers,
     RequestInfo,
+    default_authority,
     rewrite_request_headers,
     rewrite_response_headers,
     validate_request,
@@ -32,6 +33,7 @@ def ctx(
     proto: Literal["http", "https"] = "https",
     port: int = 443,
     ip_header: bytes = b"",
+    authority: bytes = b"",
 ) -> ForwardingContext:
     return ForwardingContext(
         client_ip=client,
@@ -40,6 +42,7 @@ def ctx(
         proto=proto,
         listener_port=port,
         client_ip_header=ip_header,
+        authority=authority,
     )
 
 
@@ -142,9 +145,9 @@ def test_upgrade_request_keeps_connection_upgrade_and_upgrade() -> None:
     assert values(out, b"keep-alive") == []
 
 
-def test_http10_request_without_host_gets_empty_host() -> None:
-    out = rewrite([], ctx(), version="1.0")
-    assert out[0] == (b"Host", b"")
+def test_http10_request_without_host_gets_the_connections_authority() -> None:
+    out = rewrite([], ctx(authority=b"www.example.com"), version="1.0")
+    assert out[0] == (b"Host", b"www.example.com")
     # no host to report
     assert values(out, b"x-forwarded-host") == []
     assert b"host=" not in values(out, b"forwarded")[0]
@@ -308,3 +311,23 @@ def test_response_bad_value_is_502(value: bytes) -> None:
     with pytest.raises(UpstreamProtocolError) as info:
         rewrite_response_headers([(b"X", value)], hsts="", keep_alive=True)
     assert info.value.status_hint == 502
+
+
+@pytest.mark.parametrize(
+    ("sni", "ip", "port", "tls", "expected"),
+    [
+        ("www.example.com", "192.0.2.1", 8443, True, b"www.example.com"),
+        (None, "192.0.2.1", 8443, True, b"192.0.2.1:8443"),
+        (None, "192.0.2.1", 443, True, b"192.0.2.1"),
+        (None, "192.0.2.1", 80, False, b"192.0.2.1"),
+        (None, "192.0.2.1", 443, False, b"192.0.2.1:443"),
+        (None, "2001:db8::1", 8443, True, b"[2001:db8::1]:8443"),
+        ("bücher.example", "192.0.2.1", 443, True, b"xn--bcher-kva.example"),
+        (None, "", 0, True, b""),
+    ],
+)
+def test_default_authority_is_the_sni_name_else_the_local_address(
+    sni: str | None, ip: str, port: int, tls: bool, expected: bytes
+) -> None:
+    """RFC 9112 §3.3: the default name, else the connection's local address."""
+    assert default_authority(sni, ip, port, tls=tls) == expected
