@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ctypes
 import errno
 import logging
@@ -363,6 +364,11 @@ async def _main(ipc_fd: int, slot: int) -> int:
     for s in worker.sockets.values():
         s.close()
     worker.access.close()  # writes the lines still batched
+    if worker.runtime is not None:
+        worker.runtime.retire()  # idle keep-alive connections to app servers
+    with contextlib.suppress(ValueError, OSError):
+        loop.remove_reader(channel.sock.fileno())
+    channel.close()
     worker.deadlines.close()
     worker.poller.close()
     return 0
