@@ -50,6 +50,7 @@ from tlsgate.certs.manager import RENEW_REQUEST, directory_id
 from tlsgate.config.model import CertificateConfig, Config
 from tlsgate.errors import CertificateError, ConfigError, ConfigProblem, StoreError
 from tlsgate.store import Store, open_store
+from tlsgate.store.base import json_object
 
 __all__ = [
     "REVOCATION_REASONS",
@@ -344,14 +345,7 @@ async def _from_store(
     prefix = f"certs/{cert.name}/{key_type}"
     chain = await store.get(f"{prefix}/chain.pem")
     meta_entry = await store.get(f"{prefix}/meta.json")
-    meta: dict[str, Any] = {}
-    if meta_entry is not None:
-        try:
-            loaded = json.loads(meta_entry.value)
-        except ValueError:
-            loaded = None
-        if isinstance(loaded, dict):
-            meta = loaded
+    meta: dict[str, Any] = (json_object(meta_entry.value) if meta_entry else None) or {}
     extra: dict[str, Any] = {
         "renew_at": _parse_time(meta.get("renew_at")),
         "last_error": str(meta.get("last_error") or ""),
@@ -555,7 +549,7 @@ async def _account(store: Store, directory: str) -> tuple[ec.EllipticCurvePrivat
         raise StoreError(f"the store holds no ACME account for {directory}")
     try:
         key = serialization.load_pem_private_key(key_entry.value, password=None)
-        url = json.loads(info_entry.value)["url"]
+        url = (json_object(info_entry.value) or {})["url"]
     except (ValueError, TypeError, KeyError) as exc:
         raise StoreError(f"the ACME account for {directory} in the store is unreadable") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(url, str):

@@ -71,7 +71,7 @@ from tlsgate.certs.bundle import (
 from tlsgate.certs.dns01 import Rfc2136Updater
 from tlsgate.config.model import AcmeConfig, CertificateConfig, Config
 from tlsgate.errors import CertificateError, StoreError
-from tlsgate.store.base import Store
+from tlsgate.store.base import Store, json_object
 
 log = logging.getLogger("tlsgate.certs")
 
@@ -239,7 +239,15 @@ class CertificateManager:
         chain = await self.store.get(f"{m.prefix}/chain.pem")
         key = await self.store.get(f"{m.prefix}/privkey.key")
         meta = await self.store.get(f"{m.prefix}/meta.json")
-        m.meta = json.loads(meta.value) if meta else {}
+        record = json_object(meta.value) if meta else {}
+        if record is None:
+            log.warning(
+                "certificate %s (%s): %s/meta.json in the store is unreadable; ignoring it",
+                m.cert.name,
+                m.key_type,
+                m.prefix,
+            )
+        m.meta = record or {}
         m.last_error = str(m.meta.get("last_error", ""))
         if chain is None or key is None:
             return False
@@ -334,10 +342,7 @@ class CertificateManager:
                 await self._adopt_from_store(parts[1], parts[2])
 
     async def _renew_requested(self, name: str, value: bytes) -> None:
-        try:
-            force = bool(json.loads(value).get("force"))
-        except (ValueError, AttributeError):
-            force = False
+        force = bool((json_object(value) or {}).get("force"))
         targets = [m for m in self.managed if m.cert.name == name]
         if not targets:
             log.error("renew requested for %s, which is not an ACME-managed certificate", name)
@@ -524,8 +529,9 @@ class CertificateManager:
     async def _account(self) -> tuple[ec.EllipticCurvePrivateKey, str | None]:
         key = await self._account_key()
         entry = await self.store.get(f"acme/{directory_id(self.acme.directory)}/account.json")
-        url = json.loads(entry.value).get("url") if entry else None
-        return key, url
+        record = json_object(entry.value) if entry else None
+        url = record.get("url") if record else None
+        return key, url if isinstance(url, str) else None
 
     async def _order(self, m: Managed, replaces: str | None) -> tuple[bytes, bytes]:
         account_key, account_url = await self._account()

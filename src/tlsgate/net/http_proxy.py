@@ -405,8 +405,17 @@ class ClientConnection(asyncio.Protocol):
             return
         ex = Exchange(self, None, [], local_status=status, close_after=True)
         # the detail describes the request (even for 501/505): the client may read it
-        ex.local_response = ex.error_page(status, detail, public, client_error=True)
+        ex.local_response = ex.error_page(
+            status, detail, public, client_error=True, head=self._refused_head_is_head()
+        )
         self._enqueue(ex)
+
+    def _refused_head_is_head(self) -> bool:
+        """Whether the request refused before it became an exchange is a HEAD, whose
+        error page must have no body (RFC 9110 §9.3.2). llhttp's method is only
+        meaningful once a request line has been read (``_url``)."""
+        parser = self.parser
+        return parser is not None and bool(self._url) and parser.get_method() == b"HEAD"
 
     # ---- httptools callbacks -----------------------------------------------------------------
 
@@ -429,6 +438,8 @@ class ClientConnection(asyncio.Protocol):
             )
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # llhttp leaves a value's trailing OWS on it (RFC 9112 §5: not part of the value)
+        value = value.rstrip(b" \t")
         if not self.in_head:
             self._trailers.append((name, value))
             if len(self._trailers) > self.limits.max_headers:

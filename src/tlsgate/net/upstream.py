@@ -386,6 +386,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # llhttp leaves a value's trailing OWS on it (RFC 9112 §5: not part of the value)
+        value = value.rstrip(b" \t")
         if self._head_done:
             self._trailer(name, value)
             return
@@ -418,6 +420,8 @@ class UpstreamConnection(asyncio.Protocol):
         headers, self._headers = self._headers, []
         reason, self._reason = self._reason, b""
         self.response_started = True
+        if status < 100:  # llhttp takes any three digits, 000 to 099 included
+            raise UpstreamProtocolError(f"server {self.server.key} sent status code {status:03d}")
         if len(headers) > self._max_head_fields:
             raise UpstreamProtocolError(
                 f"server {self.server.key} sent more than {self._max_head_fields} header "

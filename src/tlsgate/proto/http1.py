@@ -937,9 +937,20 @@ def response_head_bytes(status: int, reason: bytes, headers: Headers) -> bytes:
     """
     if not 100 <= status <= 999:
         raise LocalProtocolError(f"invalid status code {status}")
-    if not reason or _has_nul_cr_lf(reason):
+    if not _safe_reason(reason):
         reason = _reason(status)
     return b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, _serialize(headers))
+
+
+# RFC 9112 §4: reason-phrase = 1*( HTAB / SP / VCHAR / obs-text ): no other control
+_REASON_CONTROLS = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+@functools.lru_cache(maxsize=256)  # app servers send the same few phrases over and over
+def _safe_reason(reason: bytes) -> bool:
+    """Whether an app server's reason phrase may be relayed as it is (not empty, and
+    no control character but HTAB: llhttp lets the others through)."""
+    return bool(reason) and _REASON_CONTROLS.search(reason) is None
 
 
 def encode_chunk(data: bytes) -> bytes:

@@ -26,6 +26,7 @@ copied under another name does not decrypt.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import stat
@@ -33,7 +34,7 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -49,6 +50,7 @@ __all__ = [
     "Store",
     "WatchEvent",
     "is_private_key_path",
+    "json_object",
     "load_or_create_store_key",
     "seal",
     "unseal",
@@ -241,6 +243,20 @@ def load_or_create_store_key(path: Path) -> bytes:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("the store key %s is accessible by group/others; chmod 600 it", path)
     return data
+
+
+def json_object(value: bytes) -> dict[str, Any] | None:
+    """A record holding a JSON object, decoded; None when the bytes are not one (not
+    UTF-8, not JSON, another JSON type, or nested too deeply to decode).
+
+    Records such as ``meta.json`` may be damaged or written by another version; a
+    reader treats None as "no record" instead of failing on it.
+    """
+    try:
+        loaded = json.loads(value)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    return loaded if isinstance(loaded, dict) else None
 
 
 def is_private_key_path(key: str) -> bool:
