@@ -68,6 +68,7 @@ class ProcStat:
     pid: int
     pgrp: int
     cpu_ticks: int  # utime + stime + cutime + cstime
+    sys_ticks: int  # stime + cstime: in the kernel
 
 
 def _read_stat(pid: int) -> ProcStat | None:
@@ -78,7 +79,8 @@ def _read_stat(pid: int) -> ProcStat | None:
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
     fields = raw.rsplit(")", 1)[1].split()
     # fields[0] is field 3 (state): pgrp is field 5, utime..cstime are fields 14..17.
-    return ProcStat(pid, int(fields[2]), sum(int(f) for f in fields[11:15]))
+    ticks = [int(f) for f in fields[11:15]]
+    return ProcStat(pid, int(fields[2]), sum(ticks), ticks[1] + ticks[3])
 
 
 def group_pids(pgid: int) -> list[int]:
@@ -100,6 +102,16 @@ def group_cpu_by_pid(pgid: int) -> dict[int, float]:
         if st is not None:
             out[pid] = st.cpu_ticks / CLOCK_TICKS
     return out
+
+
+def group_sys_seconds(pgid: int) -> float:
+    """The part of :func:`group_cpu_seconds` spent in the kernel (stime + cstime)."""
+    total = 0
+    for pid in group_pids(pgid):
+        st = _read_stat(pid)
+        if st is not None:
+            total += st.sys_ticks
+    return total / CLOCK_TICKS
 
 
 def group_cpu_seconds(pgid: int) -> float:
@@ -314,6 +326,7 @@ class CpuReading:
     load_s: float  # client (this process and its children) + backend
     other_s: float = 0.0  # everything else on the machine (other users' jobs)
     busiest_share: float = 1.0  # the busiest proxy process's part of the proxy's CPU
+    proxy_sys_s: float = 0.0  # the part of proxy_s spent in the kernel (system time)
 
 
 class CpuMeter:
@@ -327,6 +340,7 @@ class CpuMeter:
         self.backend = backend
         self.reading = CpuReading(0.0, 0.0, 0.0)
         self._start: tuple[float, dict[int, float], float, float] = (0.0, {}, 0.0, 0.0)
+        self._sys0 = 0.0
 
     def _sample(self) -> tuple[float, dict[int, float], float, float]:
         backend = self.backend.cpu_seconds() if self.backend is not None else 0.0
@@ -335,11 +349,13 @@ class CpuMeter:
 
     def __enter__(self) -> CpuMeter:
         self._start = self._sample()
+        self._sys0 = group_sys_seconds(self.proxy.pgid)
         return self
 
     def __exit__(self, *exc: object) -> None:
         t0, procs0, load0, machine0 = self._start
         t1, procs1, load1, machine1 = self._sample()
+        proxy_sys = max(0.0, group_sys_seconds(self.proxy.pgid) - self._sys0)
         per_pid = [cpu - procs0.get(pid, 0.0) for pid, cpu in procs1.items()]
         proxy = sum(per_pid)
         load = load1 - load0
@@ -349,6 +365,7 @@ class CpuMeter:
             load_s=load,
             other_s=max(0.0, machine1 - machine0 - proxy - load),
             busiest_share=max(per_pid) / proxy if proxy > 0 else 1.0,
+            proxy_sys_s=proxy_sys,
         )
 
 

@@ -84,6 +84,11 @@ class Sample:
         return self.cpu.proxy_s / self.work if self.work else float("nan")
 
     @property
+    def sys_per_unit(self) -> float:
+        """The kernel's part of :attr:`cpu_per_unit` (the proxy's system time)."""
+        return self.cpu.proxy_sys_s / self.work if self.work else float("nan")
+
+    @property
     def proxy_busy(self) -> float:
         return self.cpu.proxy_s / self.cpu.wall_s if self.cpu.wall_s else float("nan")
 
@@ -386,6 +391,10 @@ def cpu_per_unit(s: Sample) -> float:
     return s.cpu_per_unit
 
 
+def sys_per_unit(s: Sample) -> float:
+    return s.sys_per_unit
+
+
 def p50(s: Sample) -> float | None:
     return s.p50_ms
 
@@ -494,6 +503,8 @@ def standard_lines(
                 line.cells[col] = "failed"
         row.lines.append(line)
     figure_line(row, f"proxy {cpu_unit}", cpu_per_unit, scale=cpu_scale, digits=1)
+    # the kernel's part: loopback TCP, epoll, splice; what no user-space work can save
+    figure_line(row, "  of which kernel", sys_per_unit, scale=cpu_scale, digits=1)
     for key, ss in row.samples.items():
         errors = sum(x.errors for x in ss)
         if errors:
