@@ -22,6 +22,7 @@ STAMP  := $(VENV)/.installed
 # Extra arguments, e.g. `make pytest PYTEST_ARGS="-m 'not peers' -x"`.
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
+FUZZ_ARGS   ?=
 DEMO_ARGS   ?=
 # How many other Pythons test-other-pythons tests at once (1: one after another). Two
 # side by side take ~90 s on two cores, one after the other ~130 s: the 15-minute budget
@@ -30,7 +31,7 @@ OTHER_PYTHONS_JOBS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help venv compile system-deps demo test lint typecheck pytest pytest-pure \
-        test-other-pythons bench clean distclean
+        test-other-pythons fuzz bench clean distclean
 
 help:
 	@echo "make demo         run 'tlsgate demo' (builds .venv on first use)"
@@ -40,6 +41,7 @@ help:
 	@echo "make pytest       the test suite (PYTEST_ARGS=...)"
 	@echo "make test-other-pythons  unit tier + smoke test on each other supported Python found"
 	@echo "make bench        tlsgate vs HAProxy vs nginx benchmark table (BENCH_ARGS=--quick ...)"
+	@echo "make fuzz         fuzz every parser, ~10 min (FUZZ_ARGS=\"--seconds 30 http1\" ...)"
 	@echo "make system-deps  install the Debian packages tests and benchmarks use"
 	@echo "make venv         create .venv and install tlsgate[dev] (editable)"
 	@echo "make compile      compile the hot modules with mypyc (falls back to pure Python)"
@@ -98,9 +100,14 @@ test-other-pythons:
 bench: system-deps venv compile
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+# Coverage-guided fuzzing of every parser (fuzz/README.md): a fixed budget, ~10 minutes
+# with 2 jobs; pure Python (atheris instruments bytecode), so no compile step.
+fuzz: venv
+	$(BIN)/python fuzz/run.py $(FUZZ_ARGS)
+
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis .coverage build dist $(COMPILE_STAMP)
-	rm -rf .venv-3.* .venv-3.*.build.log
+	rm -rf .venv-3.* .venv-3.*.build.log fuzz/.work fuzz/crashes
 	$(PYTHON) scripts/compile.py --clean
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -prune -exec rm -rf {} +
 

@@ -143,6 +143,8 @@ class Exchange:
         "t_start",
         "t_upstream",
         "tried",
+        "tunnel_held",
+        "tunnel_held_bytes",
         "upgrade",
         "upstream",
         "upstream_ms",
@@ -177,6 +179,9 @@ class Exchange:
         self.body_received = 0
         self.buffer: list[bytes] | None = None
         self.buffered = 0
+        # client bytes after an upgrade request, until the server agrees (tunnel_bytes)
+        self.tunnel_held: list[bytes] | None = None
+        self.tunnel_held_bytes = 0
         self.tried: set[str] | None = None
         self.response_started = False
         self.body_mode = http1.BODY_RAW
@@ -221,8 +226,37 @@ class Exchange:
             upstream.request_sent()  # its read_timeout was put off while the body came
 
     def tunnel_bytes(self, data: bytes) -> None:
-        """Client bytes after an upgrade request: held until the server agrees (101)."""
-        self._send_upstream(data)
+        """Client bytes after an upgrade request: held until the server agrees (101).
+
+        Until then they are no request of the connection's (llhttp parses nothing
+        after an upgrade request) and must not reach the server: a request hidden
+        there would arrive unvalidated, with the client's own Host and forwarding
+        fields, and a server that declines the upgrade would answer it on a
+        connection going back to the pool. A declined upgrade drops them (the client
+        connection closes after the response), and so does an exchange that is no
+        upgrade to tlsgate (llhttp stops at an HTTP/1.0 ``Connection: upgrade``).
+        """
+        if not data:
+            return
+        upstream = self.upstream
+        if self.state == TUNNEL and upstream is not None:
+            upstream.write(data)
+            return
+        if not self.upgrade or self.state >= DONE or self.local_response is not None:
+            return
+        if self.tunnel_held is None:
+            self.tunnel_held = [data]
+        else:
+            self.tunnel_held.append(data)
+        self.tunnel_held_bytes += len(data)
+        if self.tunnel_held_bytes > BUFFER_HIGH_WATER:
+            self.conn.pause_reading(self.conn.PAUSED_BUFFER)
+
+    def take_tunnel_held(self) -> bytes:
+        """What the client sent after its upgrade request, for the tunnel's start."""
+        held, self.tunnel_held = self.tunnel_held, None
+        self.tunnel_held_bytes = 0
+        return b"".join(held) if held else b""
 
     def _send_upstream(self, data: bytes) -> None:
         if not data:
@@ -414,6 +448,10 @@ class Exchange:
         self.upstream_ms = (conn.loop.time() - self.t_upstream) * 1000.0
         self.status = status
         self.response_started = True
+        if self.upgrade and status != 101:
+            # declined: what the client sent after the request is no request of ours
+            self.tunnel_held = None
+            self.tunnel_held_bytes = 0
         self.client_keep_alive = http1.client_keep_alive(
             wanted=self.client_keep_alive,
             request_done=self.request_done,

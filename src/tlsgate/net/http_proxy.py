@@ -340,8 +340,15 @@ class ClientConnection(asyncio.Protocol):
             self.upgraded = True
             offset = int(exc.args[0]) if exc.args else len(data)
             rest = data[offset:]
-            if rest and self.queue:
-                self.queue[-1].tunnel_bytes(rest)
+            if self.queue:
+                last = self.queue[-1]
+                if not last.upgrade:
+                    # llhttp stopped at an Upgrade tlsgate ignores (HTTP/1.0): it parses
+                    # nothing more here, so nothing more is forwarded; close after it
+                    last.client_keep_alive = False
+                    last.close_after = True
+                elif rest:
+                    last.tunnel_bytes(rest)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, ClientProtocolError):
@@ -602,10 +609,9 @@ class ClientConnection(asyncio.Protocol):
         self.tunnel_upstream = upstream
         self.deadline = INF
         self._waiting = 0  # bytes after the upgrade are no request body
-        if ex.buffer:
-            upstream.write(b"".join(ex.buffer))
-            ex.buffer = None
-            ex.buffered = 0
+        held = ex.take_tunnel_held()
+        if held:
+            upstream.write(held)
         self.resume_reading(self.PAUSED_BUFFER)
 
     def tunnel_upstream_eof(self) -> None:
@@ -700,7 +706,14 @@ class ClientConnection(asyncio.Protocol):
             detail = (
                 f"request head not received within header_timeout ({self.limits.header_timeout:g}s)"
             )
-            self.write(ex.error_page(408, detail, "the request head did not arrive in time"))
+            self.write(
+                ex.error_page(
+                    408,
+                    detail,
+                    "the request head did not arrive in time",
+                    head=self._refused_head_is_head(),
+                )
+            )
             ex.state = DONE
             if self.ctx.access.enabled:
                 self.ctx.access.write(ex.access_record())

@@ -382,6 +382,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ---- httptools callbacks ------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.owner is None:
+            # a response nobody asked for, after the one that ended in this same read:
+            # kept, the pooled parser would hand its bytes to the next exchange's client
+            raise UpstreamProtocolError(
+                f"server {self.server.key} sent a response no request was waiting for"
+            )
+
     def on_status(self, status: bytes) -> None:
         self._reason += status
 

@@ -132,6 +132,83 @@ def test_an_upstream_status_below_100_is_a_502(h: Harness, status_line: bytes) -
     assert client.data().startswith(b"HTTP/1.1 502 ")
 
 
+def test_bytes_after_a_response_never_reach_the_next_client(h: Harness) -> None:
+    """An upstream connection whose server sent more than the response must not be reused.
+
+    Found by http_responses ("the client gets well-formed responses"): the server
+    answers client A's request, and in the same read starts a response nobody asked
+    for, one without framing (``HTTP/1.x 200``, no Content-Length: read until close).
+    llhttp parses it while the connection is already back in the pool (the first
+    response completed inside the same ``feed_data``; on_headers_complete returns
+    early with no owner), so the pooled parser sits in that close-delimited body.
+    UpstreamConnection.begin() keeps a parser whose last response was done, so the
+    next exchange on the connection -- client B's here -- receives the server's next
+    bytes through on_body before any response head, and relays them raw: B reads
+    them as its response (response desync, across clients).
+
+    Fix: in UpstreamConnection, treat a message that begins with no owner as the
+    server being confused -- an ``on_message_begin`` callback that raises
+    UpstreamProtocolError when ``self.owner is None`` (data_received then aborts the
+    connection, and the pool skips it) -- or give begin() a fresh parser always.
+    """
+    up = h.pooled_upstream()
+    a, to_a = h.client(peer=("192.0.2.1", 1111))
+    a.data_received(b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    h.upstream_of(up).data_received(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
+    )
+    assert to_a.data() == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+    b, to_b = h.client(peer=("192.0.2.2", 2222))
+    b.data_received(b"GET /b HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    if not up.closed:  # reused: whatever the server sends now is B's response
+        h.upstream_of(up).data_received(b"<script>alert(1)</script>")
+        assert not to_b.data().startswith(b"<script>"), "the server's bytes reached B raw"
+
+
+SMUGGLED = b"GET /admin HTTP/1.1\r\nHost: internal\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        # HTTP/1.0: tlsgate ignores Upgrade (RFC 9110 §7.8), llhttp does not
+        b"GET / HTTP/1.0\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n",
+    ],
+    ids=["http/1.1", "http/1.0"],
+)
+def test_bytes_after_an_upgrade_request_wait_for_the_101(h: Harness, request_head: bytes) -> None:
+    """Request smuggling through Upgrade. Found by http_requests ("the upstream
+    transports get exactly the client's requests": 2 reached upstream, 1 was sent).
+
+    After an upgrade request llhttp stops parsing and raises HttpParserUpgrade;
+    ClientConnection.data_received hands the rest of the read to
+    ``Exchange.tunnel_bytes``, whose docstring says "held until the server agrees
+    (101)", but ``_send_upstream`` writes at once once the exchange is FORWARDING.
+    So a second request behind the upgrade request reaches the app server before any
+    101 -- never validated, never rewritten (its X-Forwarded-For, Host, framing go as
+    the client wrote them) -- and if the server declines the upgrade and keeps the
+    connection, it answers that request too, and the connection goes back to the pool
+    with that answer waiting in it. For HTTP/1.0, where tlsgate ignores Upgrade but
+    llhttp still stops, the bytes go upstream as well.
+
+    Fix (net/exchange.py, net/http_proxy.py): ``tunnel_bytes`` buffers until the state
+    is TUNNEL (``start_tunnel`` already writes ``ex.buffer``); a declined upgrade drops
+    the buffer and does not pool the connection; and when llhttp stops for an
+    exchange that is no upgrade to us (``not ex.upgrade``), the rest is not tunnel
+    data: close after the response instead.
+    """
+    up = h.pooled_upstream()
+    conn, client = h.client()
+    conn.data_received(request_head + SMUGGLED)
+    assert SMUGGLED not in up.data(), "sent upstream before any 101"
+    h.upstream_of(up).data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    assert SMUGGLED not in up.data(), "sent upstream although the upgrade was declined"
+    assert client.data().startswith(b"HTTP/1.1 200 OK\r\n")
+
+
 @pytest.mark.parametrize("reason", [b"O\x7fK", b"Con\x1ctinue", b"\x01", b"a\x0bb"])
 def test_a_reason_phrase_with_control_characters_is_replaced(h: Harness, reason: bytes) -> None:
     """RFC 9112 §4: ``reason-phrase = 1*( HTAB / SP / VCHAR / obs-text )``.
