@@ -43,6 +43,7 @@ __all__ = [
     "InvariantViolation",
     "Reader",
     "check",
+    "check_incremental_parse",
     "instrumented",
     "known_issue",
     "main",
@@ -255,3 +256,78 @@ class Reader:
     def chunk(self, limit: int = 255) -> bytes:
         """A length byte (capped at ``limit``), then that many bytes."""
         return self.take(min(self.byte(), limit))
+
+
+def check_incremental_parse(
+    data: bytes,
+    parse: Callable[[bytes | bytearray | memoryview], object],
+    *,
+    error: type[Exception],
+    need_more: type,
+    grow: bytes,
+    tail: bytes,
+    cuts: Sequence[int],
+    what: str,
+) -> object | None:
+    """The checks every incremental sans-IO parser of tlsgate must pass.
+
+    ``parse`` returns the parsed value, a ``need_more`` (with ``at_least``) or the
+    ``error`` it raised. On every input only the documented answers may come; on
+    the sampled quarter, also: the buffer type does not matter; an error stays an
+    error when ``grow`` is appended; a complete value's ``size`` lies in the buffer,
+    its own bytes parse the same, a ``tail`` after it changes nothing, and each
+    prefix in ``cuts`` (those shorter than ``size``) needs more, with a sensible
+    ``at_least``. ``what`` names the value in messages ("the ClientHello").
+
+    Returns:
+        The complete value for the parser's own checks, or None when there are none
+        to make (not sampled, an error, or more data needed).
+    """
+
+    def same(a: object, b: object) -> bool:
+        if isinstance(a, error) or isinstance(b, error):
+            return type(a) is type(b) and str(a) == str(b)
+        return a == b
+
+    def needs_more_sensibly(result: object, have: int, limit: int | None) -> bool:
+        at_least = getattr(result, "at_least", None)
+        return at_least is None or have < at_least <= (limit if limit is not None else at_least)
+
+    result = parse(data)
+    if not sampled(data, 4):
+        # every input: only the documented answers
+        check(
+            not isinstance(result, need_more) or needs_more_sensibly(result, len(data), None),
+            f"{result!r} for {len(data)} bytes already there",
+        )
+        return None
+    check(same(result, parse(bytearray(data))), "bytearray parses differently")
+    check(same(result, parse(memoryview(data))), "memoryview parses differently")
+    if isinstance(result, error):
+        check(str(result) != "", "empty error message")
+        check(
+            isinstance(parse(data + grow), error),
+            "an error became something else when more bytes came",
+        )
+        return None
+    if isinstance(result, need_more):
+        check(
+            needs_more_sensibly(result, len(data), None),
+            f"NeedMoreData({getattr(result, 'at_least', None)}) for {len(data)} bytes "
+            "already there",
+        )
+        return None
+    size = getattr(result, "size")  # noqa: B009 -- any parser's value with a size
+    check(0 < size <= len(data), f"size {size} outside the {len(data)}-byte buffer")
+    check(same(result, parse(data[:size])), f"{what}'s own bytes parse differently")
+    check(same(result, parse(data[:size] + tail)), f"a tail after {what} changed the answer")
+    for cut in set(cuts) | {size // 2, size - 1}:
+        if 0 <= cut < size:
+            prefix = parse(data[:cut])
+            check(isinstance(prefix, need_more), f"prefix of {cut} bytes gave {prefix!r}")
+            check(
+                needs_more_sensibly(prefix, cut, size),
+                f"prefix of {cut} bytes: at_least {getattr(prefix, 'at_least', None)} "
+                f"outside ({cut}, {size}]",
+            )
+    return result

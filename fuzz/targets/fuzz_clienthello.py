@@ -23,7 +23,7 @@ Every input gets the first check; a fixed quarter of them (by CRC,
 
 from __future__ import annotations
 
-from fuzz.targets._fuzzcommon import check, instrumented, main, sampled
+from fuzz.targets._fuzzcommon import check, check_incremental_parse, instrumented, main
 
 with instrumented(__name__):
     from tlsgate.proto.clienthello import (
@@ -50,47 +50,20 @@ def _same(a: Result, b: Result) -> bool:
 
 
 def test_one_input(data: bytes) -> None:
-    result = _parse(data)
-    if not sampled(data, 4):
-        # every input: only the documented answers (the type annotation of _parse)
-        check(
-            not isinstance(result, NeedMoreData)
-            or result.at_least is None
-            or result.at_least > len(data),
-            f"{result!r} for {len(data)} bytes already there",
-        )
+    result = check_incremental_parse(
+        data,
+        _parse,
+        error=ClientHelloError,
+        need_more=NeedMoreData,
+        grow=b"\x16\x03\x01\x00\x01\x01",
+        tail=b"\x17\x03\x03",
+        cuts=(0, 1, 5),
+        what="the ClientHello",
+    )
+    if result is None:
         return
-    check(_same(result, _parse(bytearray(data))), "bytearray parses differently")
-    check(_same(result, _parse(memoryview(data))), "memoryview parses differently")
-
-    if isinstance(result, ClientHelloError):
-        check(str(result) != "", "empty error message")
-        check(
-            isinstance(_parse(data + b"\x16\x03\x01\x00\x01\x01"), ClientHelloError),
-            "an error became something else when more bytes came",
-        )
-        return
-
-    if isinstance(result, NeedMoreData):
-        check(
-            result.at_least is None or result.at_least > len(data),
-            f"NeedMoreData({result.at_least}) for {len(data)} bytes already there",
-        )
-        return
-
+    assert isinstance(result, ClientHello)
     size = result.size
-    check(0 < size <= len(data), f"size {size} outside the {len(data)}-byte buffer")
-    check(_same(result, _parse(data[:size])), "the ClientHello's own bytes parse differently")
-    check(_same(result, _parse(data[:size] + b"\x17\x03\x03")), "a tail changed the answer")
-    for cut in {0, 1, 5, size // 2, size - 1}:
-        if 0 <= cut < size:
-            prefix = _parse(data[:cut])
-            check(isinstance(prefix, NeedMoreData), f"prefix of {cut} bytes gave {prefix!r}")
-            assert isinstance(prefix, NeedMoreData)
-            check(
-                prefix.at_least is None or cut < prefix.at_least <= size,
-                f"prefix of {cut} bytes: at_least {prefix.at_least} outside ({cut}, {size}]",
-            )
     check(_same(result, _parse(data, max_size=size)), "max_size = size refused it")
     check(
         isinstance(_parse(data, max_size=size - 1), ClientHelloError),

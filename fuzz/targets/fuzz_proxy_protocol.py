@@ -24,7 +24,7 @@ Every input gets the first check; a fixed quarter of them (by CRC,
 
 from __future__ import annotations
 
-from fuzz.targets._fuzzcommon import check, instrumented, main, sampled
+from fuzz.targets._fuzzcommon import check, check_incremental_parse, instrumented, main
 
 with instrumented(__name__):
     from tlsgate.proto.proxy_protocol import (
@@ -47,12 +47,6 @@ def _parse(data: bytes | bytearray | memoryview) -> Result:
         return parse_proxy_header(data)
     except ProxyProtocolError as exc:
         return exc
-
-
-def _same(a: Result, b: Result) -> bool:
-    if isinstance(a, ProxyProtocolError) or isinstance(b, ProxyProtocolError):
-        return type(a) is type(b) and str(a) == str(b)
-    return a == b
 
 
 def _check_rebuilt(header: ProxyHeader) -> None:
@@ -85,46 +79,19 @@ def _check_rebuilt(header: ProxyHeader) -> None:
 
 
 def test_one_input(data: bytes) -> None:
-    result = _parse(data)
-    if not sampled(data, 4):
-        # every input: only the documented answers (the type annotation of _parse)
-        check(
-            not isinstance(result, NeedMoreData)
-            or result.at_least is None
-            or result.at_least > len(data),
-            f"{result!r} for {len(data)} bytes already there",
-        )
+    result = check_incremental_parse(
+        data,
+        _parse,
+        error=ProxyProtocolError,
+        need_more=NeedMoreData,
+        grow=b"\r\n\x00\r\nQUIT\n \r\n",
+        tail=b"\x16\x03\x01",
+        cuts=(0, 1, 6, 13, 15),
+        what="the header",
+    )
+    if result is None:
         return
-    check(_same(result, _parse(bytearray(data))), "bytearray parses differently")
-    check(_same(result, _parse(memoryview(data))), "memoryview parses differently")
-
-    if isinstance(result, ProxyProtocolError):
-        check(str(result) != "", "empty error message")
-        check(
-            isinstance(_parse(data + b"\r\n\x00\r\nQUIT\n \r\n"), ProxyProtocolError),
-            "an error became something else when more bytes came",
-        )
-        return
-    if isinstance(result, NeedMoreData):
-        check(
-            result.at_least is None or result.at_least > len(data),
-            f"NeedMoreData({result.at_least}) for {len(data)} bytes already there",
-        )
-        return
-
-    size = result.size
-    check(0 < size <= len(data), f"size {size} outside the {len(data)}-byte buffer")
-    check(_same(result, _parse(data[:size])), "the header's own bytes parse differently")
-    check(_same(result, _parse(data[:size] + b"\x16\x03\x01")), "a payload changed the header")
-    for cut in {0, 1, 6, 13, 15, size // 2, size - 1}:
-        if 0 <= cut < size:
-            prefix = _parse(data[:cut])
-            check(isinstance(prefix, NeedMoreData), f"prefix of {cut} bytes gave {prefix!r}")
-            assert isinstance(prefix, NeedMoreData)
-            check(
-                prefix.at_least is None or cut < prefix.at_least <= size,
-                f"prefix of {cut} bytes: at_least {prefix.at_least} outside ({cut}, {size}]",
-            )
+    assert isinstance(result, ProxyHeader)
 
     addressed = result.command == "PROXY" and result.protocol != "UNKNOWN"
     check(
