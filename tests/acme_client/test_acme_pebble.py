@@ -333,7 +333,9 @@ def test_renewal_info_is_none_without_ari_and_replaces_is_not_sent(
             # A renewal order naming its predecessor still works on a CA
             # without ARI (the field is left out).
             renewal = await acme.new_order(names, replaces=ari_cert_id(chain))
-            assert renewal.status == "pending"
+            # "ready" too: Pebble 2.4 reuses a valid authorization 1 % of the
+            # time even with PEBBLE_AUTHZREUSE=0 (`rand.Intn(100) > percent`).
+            assert renewal.status in ("pending", "ready")
             assert renewal.replaces is None
 
     run(body())

@@ -8,7 +8,8 @@ succeeds only if tlsgate really wrote the TXT record into the zone through a
 signed RFC 2136 update. Only dns-01 is used, so Pebble's ``httpPort`` and
 ``tlsPort`` point at free ports nobody listens on. Same environment as the
 others: ``PEBBLE_VA_NOSLEEP=1`` (validate at once), ``PEBBLE_WFE_NONCEREJECT=0``
-(no random badNonce), ``PEBBLE_AUTHZREUSE=0`` (fresh authorizations per order).
+(no random badNonce), ``PEBBLE_AUTHZREUSE=0`` (fresh authorizations per order,
+but for 1 % of identifiers: Pebble 2.4 tests ``rand.Intn(100) > percent``).
 """
 
 from __future__ import annotations
