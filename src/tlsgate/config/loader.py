@@ -125,6 +125,7 @@ _LIMIT_KEYS = (
     "max_body_size",
     "body_timeout",
     "body_min_rate",
+    "send_timeout",
     "max_headers",
     "max_connections",
     "max_client_hello_size",
@@ -1770,6 +1771,7 @@ class _Loader:
             max_body_size=table.size("max_body_size", 0),
             body_timeout=table.duration("body_timeout", 60.0),
             body_min_rate=table.size("body_min_rate", 500),
+            send_timeout=table.duration("send_timeout", 60.0),
             max_headers=table.integer("max_headers", 100, minimum=1),
             max_connections=table.integer("max_connections", 10_000, minimum=1),
             max_client_hello_size=table.size(

@@ -128,6 +128,9 @@ class ListenerLimits:
     # time the least average rate in bytes per second (0 = no rate)
     body_timeout: float = 60.0
     body_min_rate: int = 500
+    # a client that takes no output: the longest it may leave tlsgate's write buffer
+    # for it full (slow readers), and after a close the time it has to take the rest
+    send_timeout: float = 60.0
     max_connections: int = 10_000  # per listener, per worker
     tls_handshake_timeout: float = 10.0
     # tcp / tls-passthrough listeners (and the PROXY header on any listener)

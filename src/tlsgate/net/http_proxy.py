@@ -31,6 +31,22 @@ answered ``408`` with ``Connection: close`` if no response has started yet, or
 else the connection is closed; the upstream connection is closed, never pooled,
 and the error and access logs say why.
 
+Output has its own bound (slow readers): while a client's transport's write
+buffer is full (above its high-water mark, ``pause_writing``), and after
+tlsgate closed the connection with output left in it, the client must take
+some of it (the buffer must shrink) within every ``send_timeout``, else it is
+dropped and the logs say so -- nginx's ``send_timeout``, which also counts
+from one successful write to the next.
+A connection closed while the client may still be sending (a refused request,
+a 408) is closed in two steps on plain TCP, as nginx's ``lingering_close``
+does: the answer and a FIN first, then what the client goes on sending is read
+and dropped until it closes too or ``LINGER_TIME`` has passed. Closing at once
+would make the kernel answer that data with a reset, which can destroy the
+answer in the client's receive buffer before it is read. (On TLS, uvloop's
+shutdown reads and drops the client's data itself until its close_notify.)
+Both deadlines belong to one small object (``_OutputWatch``), made only for a
+connection that needs one.
+
 A ``101 Switching Protocols`` answer to an upgrade request (WebSocket) turns
 the pair of connections into a byte tunnel.
 
@@ -46,8 +62,11 @@ left to the header timeout.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import ipaddress
 import logging
+import sys
+import termios
 from typing import cast
 
 import httptools
@@ -67,11 +86,36 @@ ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 # More pipelined requests than this waiting: stop reading until some are answered.
 MAX_PIPELINE = 32
 TRANSPORT_HIGH_WATER = 256 * 1024
+# A client whose connection tlsgate closed while it may still have been sending: the
+# longest its further bytes are read and dropped (nginx's lingering_time is 30 s, its
+# lingering_timeout 5 s)
+LINGER_TIME = 5.0
 
 # What a connection waits for while its deadline runs.
 _WAIT_HEAD = 1
 _WAIT_IDLE = 2
 _WAIT_BODY = 3  # the rest of a request body (body_timeout, body_min_rate)
+
+
+class _OutputWatch:
+    """The output deadlines of one client connection (``send_timeout``, lingering close).
+
+    Its own object in the deadline wheel, so these never disturb the connection's
+    deadline (head, idle, body); made on the first need, which most connections never
+    have.
+    """
+
+    __slots__ = ("conn", "deadline", "slot")
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn: ClientConnection | None = conn
+        self.deadline = INF
+        self.slot = 0
+
+    def deadline_reached(self, now: float) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.output_deadline(now)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -101,6 +145,7 @@ class ClientConnection(asyncio.Protocol):
         # read on every request body piece
         self._body_timeout = self.limits.body_timeout
         self._body_rate = float(self.limits.body_min_rate)
+        self._send_timeout = self.limits.send_timeout
         self.tls = tls
         self.hsts = listener.config.hsts if tls else ""
         self.proxy = proxy
@@ -142,6 +187,12 @@ class ClientConnection(asyncio.Protocol):
         self._body_start = 0.0
         self._body_last = 0.0
         self._body_paused_at = 0.0
+        # the output deadlines (_OutputWatch): the client must take output by _send_by,
+        # and a lingering close ends at _linger_until (0: none)
+        self._watch: _OutputWatch | None = None
+        self._send_by = 0.0
+        self._send_unsent = 0  # the write buffer's size when _send_by was set
+        self._linger_until = 0.0
         # output held while corked: one upstream read becomes one client write
         self._corked = 0
         self._out: list[bytes] = []
@@ -217,6 +268,11 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.ctx.deadlines.discard(self)
+        watch = self._watch
+        if watch is not None:
+            self._watch = None
+            self.ctx.deadlines.discard(watch)
+            watch.conn = None
         self.listener.connections.discard(self)
         self.ctx.connections.discard(self)
         if self.private_upstreams:
@@ -242,6 +298,8 @@ class ClientConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         self.peer_eof = True
+        if self.closed:
+            return False  # lingering: the client has read the answer and is done
         if self.tunnel_upstream is not None:
             transport = self.tunnel_upstream.transport
             if transport is not None and transport.can_write_eof():
@@ -255,6 +313,8 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.writing_paused = True
+        if self._send_timeout > 0 and not self._send_by:
+            self._arm_send(self.loop.time())
         up = self._active_upstream()
         if up is not None:
             up.pause_reading()
@@ -263,6 +323,9 @@ class ClientConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        if not self.closed:
+            # (after a close, the rest must still go within send_timeout)
+            self._send_by = 0.0
         up = self._active_upstream()
         if up is not None:
             up.resume_reading()
@@ -317,6 +380,8 @@ class ClientConnection(asyncio.Protocol):
                     self._body_resumed()
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return  # lingering after a close: dropped
         if self.tunnel_upstream is not None:
             self.tunnel_upstream.write(data)
             return
@@ -329,8 +394,6 @@ class ClientConnection(asyncio.Protocol):
             return
         parser = self.parser
         if parser is None:
-            if self.closed:
-                return
             parser = self.parser = httptools.HttpRequestParser(self)
         try:
             parser.feed_data(data)
@@ -658,12 +721,89 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(data)
 
     def _close(self) -> None:
-        if self.transport is not None and not self.closed:
+        t = self.transport
+        if t is not None and not self.closed:
             if self._out:
                 self._flush()
             self.closed = True
             self.deadline = INF
-            self.transport.close()
+            now = self.loop.time()
+            if not self.tls and not self.peer_eof and self._client_may_send() and t.can_write_eof():
+                # the client may still be sending: FIN now, close when it has read the
+                # answer and closed too (eof_received), or after LINGER_TIME
+                t.write_eof()
+                if self.paused:
+                    self.paused = 0
+                    t.resume_reading()
+                self._linger_until = now + LINGER_TIME
+                self._arm_watch(self._linger_until)
+            else:
+                t.close()
+            if self._send_timeout > 0 and not self._send_by and t.get_write_buffer_size():
+                self._arm_send(now)
+
+    def _arm_send(self, now: float) -> None:
+        """The client must take some output within send_timeout from ``now``."""
+        t = self.transport
+        self._send_unsent = _unsent_bytes(t) if t is not None else 0
+        self._send_by = now + self._send_timeout
+        self._arm_watch(self._send_by)
+
+    def _client_may_send(self) -> bool:
+        """Whether bytes of a request may still be on their way: a refused request, a
+        head cut short, or a body not all read."""
+        if self.paused & self.PAUSED_REJECTED or self.in_head:
+            return True
+        rx = self.receiving
+        return rx is not None and rx.info is not None and rx.info.body != "none"
+
+    def _arm_watch(self, when: float) -> None:
+        watch = self._watch
+        if watch is None:
+            watch = self._watch = _OutputWatch(self)
+        if when < watch.deadline:
+            self.ctx.deadlines.arm(watch, when)
+
+    def output_deadline(self, now: float) -> None:
+        """The output watch's deadline: a lingering close ends, or a client that took no
+        output for ``send_timeout`` is dropped."""
+        t = self.transport
+        if t is None:
+            return
+        if self._linger_until and now >= self._linger_until:
+            self._linger_until = 0.0
+            t.close()
+        if self._send_by and now >= self._send_by:
+            self._send_by = 0.0
+            unsent = _unsent_bytes(t)
+            if self.writing_paused or (self.closed and unsent):
+                if unsent >= self._send_unsent:
+                    self._send_timed_out(unsent)
+                    return
+                self._arm_send(now)  # it took some: another send_timeout for the next
+        nxt = min(x for x in (self._linger_until, self._send_by, INF) if x)
+        if nxt != INF:
+            self._arm_watch(nxt)
+
+    def _send_timed_out(self, unsent: int) -> None:
+        detail = (
+            f"client took no output for {self._send_timeout:g}s (send_timeout), "
+            f"{unsent} bytes unsent"
+        )
+        ex = self.queue[0] if self.queue else self.tunnel_exchange
+        if ex is not None and not ex.error_detail:
+            ex.error_detail = detail
+        log.info(
+            "listener %s: client %s:%d: %s: connection dropped",
+            self.listener.name,
+            self.fwd.client_ip,
+            self.peer_port,
+            detail,
+        )
+        self.closed = True
+        self.deadline = INF
+        if self.transport is not None:
+            self.transport.abort()
 
     def abort(self) -> None:
         if self.transport is not None and not self.closed:
@@ -788,6 +928,21 @@ class ClientConnection(asyncio.Protocol):
             )
             public = "the request body arrived too slowly"
         self._reject(408, detail, public)
+
+
+def _unsent_bytes(t: asyncio.Transport) -> int:
+    """What the client has not taken yet: the transport's buffer plus the socket's send
+    queue (``SIOCOUTQ``), so a client reading slowly from a large kernel buffer is seen
+    to make progress. Asked only when an output deadline comes."""
+    n = t.get_write_buffer_size()
+    sock = t.get_extra_info("socket")
+    if sock is not None:
+        try:
+            out = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        except (OSError, ValueError):
+            return n
+        n += int.from_bytes(out, sys.byteorder)
+    return n
 
 
 _NO_FORWARDING = http1.ForwardingContext(

@@ -14,6 +14,7 @@ is a few function calls (uvicorn's protocol tests are the model).
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
@@ -44,6 +45,9 @@ class FakeTransport:
         self.aborted = False
         self.reading = True
         self.eof_written = False
+        # what get_write_buffer_size reports: a test sets it to play a client that
+        # does not read
+        self.buffered = 0
         self.extra: dict[str, Any] = {"peername": peer, "sockname": local}
 
     def data(self) -> bytes:
@@ -61,6 +65,9 @@ class FakeTransport:
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
 
     def is_closing(self) -> bool:
         return self.closed
@@ -234,6 +241,14 @@ class Harness:
             if t is transport:
                 return up
         raise KeyError("not one of this harness's upstream transports")
+
+    def access_entries(self) -> list[dict[str, Any]]:
+        """The access log's lines so far, parsed (the harness was given ``access``)."""
+        self.ctx.access.flush()
+        destination = self.ctx.access.destination
+        assert destination, "a Harness made without an access log"
+        text = Path(destination).read_text()
+        return [json.loads(line) for line in text.splitlines()]
 
     def close(self) -> None:
         self.ctx.close()

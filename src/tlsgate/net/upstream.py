@@ -21,7 +21,10 @@ the server has stopped taking the body (this connection's write buffer is
 full): ``pause_writing`` and ``resume_writing`` move the deadline, so a server
 that takes none of the body for ``read_timeout`` times out as a silent one does.
 The end of a body moves it too (``request_sent``): the wait for the response
-starts there.
+starts there. While tlsgate has stopped reading the server (the client takes
+the response more slowly than the server sends it), the deadline is put off
+too: the client's ``send_timeout`` bounds that, and the count starts over when
+reading resumes.
 
 Response heads (and trailer sections) have the limits of the listener the
 request came in on, which ``begin()`` passes: ``max_header_size`` bytes for
@@ -110,6 +113,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.tunnel = False
         self.read_timeout = server.backend.config.read_timeout
         self._write_blocked = False  # between pause_writing and resume_writing
+        # tlsgate stopped reading (the client takes the response slowly): the server is
+        # not late, and read_timeout waits; the client's send_timeout bounds this
+        self._reading_paused = False
         # deadline-wheel and pool bookkeeping (net.deadlines.Timed, net.pool.Poolable)
         self.deadline = INF
         self.slot = 0
@@ -219,6 +225,10 @@ class UpstreamConnection(asyncio.Protocol):
         owner = self.owner
         if owner is None or self.tunnel:
             return
+        if self._reading_paused:
+            # not read by tlsgate meanwhile: the client's send_timeout applies, not this
+            self.deadlines.arm(self, now + self.read_timeout)
+            return
         if not self._head_done and owner.upstream_request_pending():
             if not self._write_blocked:
                 # it waits for the rest of the request body, which the client is slow to
@@ -252,11 +262,16 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self._reading_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self._reading_paused = False
             self.transport.resume_reading()
+            if self.deadline != INF:
+                # read_timeout counts again from now: later, a float store
+                self.deadline = self.loop.time() + self.read_timeout
 
     # ---- asyncio.Protocol -------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The listener keys for a slow request body: ``body_timeout`` and ``body_min_rate``."""
+"""The listener keys for slow clients: ``body_timeout`` and ``body_min_rate`` (slow request
+bodies) and ``send_timeout`` (slow readers)."""
 
 from __future__ import annotations
 
@@ -33,12 +34,14 @@ def test_the_defaults() -> None:
     limits = limits_of()
     assert limits.body_timeout == 60.0  # nginx's client_body_timeout
     assert limits.body_min_rate == 500  # Apache's mod_reqtimeout body MinRate
+    assert limits.send_timeout == 60.0  # nginx's send_timeout
     assert limits == ListenerLimits()
 
 
 def test_values_map_onto_the_model() -> None:
     limits = limits_of(body_timeout='"1500ms"', body_min_rate='"1KiB"')
     assert (limits.body_timeout, limits.body_min_rate) == (1.5, 1024)
+    assert limits_of(send_timeout='"2m"').send_timeout == 120.0
 
 
 @pytest.mark.parametrize("off", ['"0"', "0", '"0B"'])
@@ -55,6 +58,8 @@ def test_body_min_rate_zero_turns_the_rate_off(off: str) -> None:
         ("body_min_rate", '"fast"', "is not a valid size"),
         ("body_min_rate", "-1", "negative"),
         ("body_min_rate", '"1k"', "unknown unit 'k'"),
+        ("send_timeout", '"0s"', "must be longer than zero"),
+        ("send_timeout", "30", 'write send_timeout = "30s"'),
     ],
 )
 def test_bad_values_say_what_would_be_valid(key: str, value: str, fragment: str) -> None:
