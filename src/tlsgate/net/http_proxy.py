@@ -201,6 +201,12 @@ class ClientConnection(asyncio.Protocol):
         self._headers: Headers = []
         self._trailers: Headers = []
         self._head_size = 0
+        # bytes of the head in reads after the one it began in (-1: none yet), and how
+        # many heads have begun (on_message_begin)
+        self._head_pending = -1
+        self._heads_begun = 0
+        # bytes of a chunked request body's reads that brought no body byte, in a row
+        self._chunk_overhead = 0
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -396,9 +402,17 @@ class ClientConnection(asyncio.Protocol):
         if parser is None:
             parser = self.parser = httptools.HttpRequestParser(self)
         try:
-            parser.feed_data(data)
-            if self.in_head and self._url:
-                self._check_request_line(data)  # rare: a head split over reads
+            rx = self.receiving
+            if rx is not None and rx.request_chunked:
+                self._feed_chunked(parser, data, rx)
+                began = -2
+            else:
+                # between requests, a head that begins in this read is all of it
+                began = self._heads_begun if rx is None and not self.in_head else -2
+                parser.feed_data(data)
+            if self.in_head:
+                # rare: a head split over reads
+                self._head_unfinished(data, whole=self._heads_begun == began + 1)
         except httptools.HttpParserUpgrade as exc:
             self.upgraded = True
             offset = int(exc.args[0]) if exc.args else len(data)
@@ -420,6 +434,56 @@ class ClientConnection(asyncio.Protocol):
                 raise
         except httptools.HttpParserError as exc:
             self._reject(400, f"malformed request: {exc}")
+
+    def _head_unfinished(self, data: bytes, *, whole: bool) -> None:
+        """A read ended inside a request head: bound what the parser holds of it.
+
+        llhttp hands over a field only once its line has ended (httptools gathers the
+        pieces till then), so ``on_header`` alone can't stop an endless line. Every
+        read after the one the head began in is all head; so is that one if the head
+        began it (``whole``: nothing of an earlier request in it), else that read is
+        not counted. Past ``max_header_size`` the head is refused with 431 -- at most
+        one read later than an exact count would, for a head behind a pipeline.
+        """
+        if self._url:
+            self._check_request_line(data)
+        if self.paused & self.PAUSED_REJECTED:
+            return
+        pending = self._head_pending
+        if pending < 0:  # the read it began in
+            pending = len(data) if whole else 0
+        else:
+            pending += len(data)
+        self._head_pending = pending
+        limit = self.limits.max_header_size
+        if pending > limit:
+            self._reject(431, f"request head is larger than {limit} bytes (a line without end)")
+
+    def _feed_chunked(self, parser: httptools.HttpRequestParser, data: bytes, rx: Exchange) -> None:
+        """Feed a read of a chunked request body, and bound what is not body in it.
+
+        Chunk-size lines, extensions and the trailer section carry no body bytes; the
+        trailer fields, like header fields, are held whole by the parser until their
+        line ends. Reads that bring no body byte add up, and past ``max_header_size``
+        the request is refused with 431; any body byte starts the count over, so
+        small chunks are fine.
+        """
+        before = rx.body_received
+        parser.feed_data(data)
+        if self.receiving is not rx:
+            return  # the body ended (or was refused) in this read
+        if rx.body_received != before:
+            self._chunk_overhead = 0
+            return
+        overhead = self._chunk_overhead + len(data)
+        self._chunk_overhead = overhead
+        limit = self.limits.max_header_size
+        if overhead > limit:
+            self._reject(
+                431,
+                f"chunked request body: more than {limit} bytes of chunk framing or trailer "
+                "fields without data",
+            )
 
     def _check_request_line(self, data: bytes) -> None:
         """Refuse an HTTP/0.9 request line (``GET /`` and no version) once it has ended.
@@ -495,6 +559,9 @@ class ClientConnection(asyncio.Protocol):
         self._headers = []
         self._trailers = []
         self._head_size = 0
+        self._head_pending = -1
+        self._heads_begun += 1
+        self._chunk_overhead = 0
         if self.deadline != INF and self._waiting != _WAIT_HEAD:
             self._wait(_WAIT_HEAD)
 
@@ -511,9 +578,16 @@ class ClientConnection(asyncio.Protocol):
         # llhttp leaves a value's trailing OWS on it (RFC 9112 §5: not part of the value)
         value = value.rstrip(b" \t")
         if not self.in_head:
-            self._trailers.append((name, value))
-            if len(self._trailers) > self.limits.max_headers:
+            trailers = self._trailers
+            trailers.append((name, value))
+            limits = self.limits
+            if len(trailers) > limits.max_headers:
                 raise ClientProtocolError("too many trailer fields", status_hint=431)
+            if sum(len(n) + len(v) + 4 for n, v in trailers) > limits.max_header_size:
+                raise ClientProtocolError(
+                    f"trailer section is larger than {limits.max_header_size} bytes",
+                    status_hint=431,
+                )
             return
         headers = self._headers
         headers.append((name, value))

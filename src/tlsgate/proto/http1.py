@@ -484,6 +484,16 @@ def validate_request(
 
     # --- connection management (RFC 9112 §9.3) ---
     options = _split_list(connection)
+    # llhttp (as httptools drives it) takes any request with an Upgrade field and the
+    # "upgrade" connection option for an upgrade, whatever its version, and ends the
+    # message with its head: what follows is left to a tunnel, which a server that
+    # declines the upgrade never opens. A body there would not be forwarded, while the
+    # head sent upstream announces it (the framing is re-added from this RequestInfo):
+    # the server, reading it on, would take the next request on that connection --
+    # another client's, once the connection is pooled -- for this body. Such a body
+    # cannot be framed reliably here (RFC 9112 §6.3: 400, and close).
+    if upgrade and b"upgrade" in options and (body == "chunked" or content_length):
+        raise ClientProtocolError("an upgrade request with a body is not supported")
     if http_version == "1.1":
         keep_alive = b"close" not in options
     else:
