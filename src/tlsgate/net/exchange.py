@@ -125,9 +125,11 @@ class Exchange:
         "buffered",
         "bytes_out",
         "client_keep_alive",
+        "client_key",
         "close_after",
         "conn",
         "error_detail",
+        "fwd",
         "headers",
         "info",
         "local_response",
@@ -160,8 +162,18 @@ class Exchange:
         local_response: bytes | None = None,
         local_status: int = 0,
         close_after: bool = False,
+        fwd: http1.ForwardingContext | None = None,
     ) -> None:
         self.conn = conn
+        # who sent it: the connection's client, or the one a trusted peer named in this
+        # request's client_ip_header (each request its own: on a keep-alive connection
+        # from an edge, every request may come from someone else)
+        if fwd is None:
+            self.fwd = conn.fwd
+            self.client_key = conn.client_key
+        else:
+            self.fwd = fwd
+            self.client_key = fwd.client_ip.encode()
         self.info = info
         self.headers = headers
         self.state = WAITING
@@ -300,7 +312,7 @@ class Exchange:
         backend = self.backend
         assert backend is not None
         now = self.conn.loop.time()
-        server = backend.pick(self.conn.client_key, self.tried or _NOTHING, now)
+        server = backend.pick(self.client_key, self.tried or _NOTHING, now)
         if server is None:
             self.fail_local(503, f"no server of backend {backend.name!r} is available")
             return
@@ -315,7 +327,7 @@ class Exchange:
         self, server: ServerRuntime, now: float | None = None
     ) -> UpstreamConnection | None:
         if server.backend.config.send_proxy_protocol:
-            return self.conn.take_private_upstream(server.key)
+            return self.conn.take_private_upstream(self._private_key(server))
         return server.take_idle(self.conn.loop.time() if now is None else now)
 
     async def _connect(self, first: ServerRuntime) -> None:
@@ -344,7 +356,7 @@ class Exchange:
         try:
             server, upstream, reused = await connect_to_backend(
                 backend,
-                conn.client_key,
+                self.client_key,
                 self.tried,
                 open_one,
                 first=first,
@@ -384,14 +396,14 @@ class Exchange:
             upstream.write(
                 proxy_header_for(
                     cfg.send_proxy_protocol,
-                    (conn.fwd.client_ip, conn.peer_port),
+                    (self.fwd.client_ip, conn.peer_port),
                     (conn.local_ip, conn.local_port),
                     sni=conn.sni,
                     alpn="http/1.1" if conn.tls else None,
                     crc32c=cfg.proxy_protocol_crc32c,
                 )
             )
-        out = http1.rewrite_request_headers(self.headers, info, conn.fwd)
+        out = http1.rewrite_request_headers(self.headers, info, self.fwd)
         if info.body == "length":
             out.append((b"Content-Length", b"%d" % (info.content_length or 0)))
         elif info.body == "chunked":
@@ -638,11 +650,19 @@ class Exchange:
             "%s: request %s from %s: answering %d: %s",
             self._where(),
             rid,
-            self.conn.fwd.client_ip,
+            self.fwd.client_ip,
             status,
             detail,
         )
         return http1.error_response(status, public, close=close, head=head, request_id=rid)
+
+    def _private_key(self, server: ServerRuntime) -> str:
+        """The key of this client's own upstream connection to ``server`` (one that
+        carries its PROXY header): one per client address the requests name."""
+        fwd = self.fwd
+        if fwd is self.conn.fwd:
+            return server.key
+        return f"{server.key} {fwd.client_ip}"
 
     def _where(self) -> str:
         where = f"listener {self.conn.listener.name}"
@@ -662,7 +682,7 @@ class Exchange:
         if backend.config.send_proxy_protocol:
             # it carries this client's PROXY header: keep it for this client only
             if reusable and upstream.usable() and not conn.closed:
-                conn.keep_private_upstream(server.key, upstream)
+                conn.keep_private_upstream(self._private_key(server), upstream)
             else:
                 upstream.close()
         elif not (
@@ -699,8 +719,8 @@ class Exchange:
         info = self.info
         return AccessRecord(
             kind="http",
-            client_ip=conn.fwd.client_ip,
-            peer_ip=conn.proxy_peer or conn.fwd.peer_ip,
+            client_ip=self.fwd.client_ip,
+            peer_ip=conn.proxy_peer or self.fwd.peer_ip,
             listener=conn.listener.name,
             worker=conn.ctx.slot,
             duration_ms=round((conn.loop.time() - self.t_start) * 1000.0, 3),

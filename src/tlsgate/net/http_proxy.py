@@ -62,6 +62,7 @@ left to the header timeout.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import fcntl
 import ipaddress
 import logging
@@ -86,6 +87,9 @@ ACME_CHALLENGE_PREFIX = "/.well-known/acme-challenge/"
 # More pipelined requests than this waiting: stop reading until some are answered.
 MAX_PIPELINE = 32
 TRANSPORT_HIGH_WATER = 256 * 1024
+# Upstream connections that carry a PROXY header kept for one client connection: one per
+# server and per client address its requests named (client_ip_header)
+MAX_PRIVATE_UPSTREAMS = 8
 # A client whose connection tlsgate closed while it may still have been sending: the
 # longest its further bytes are read and dropped (nginx's lingering_time is 30 s, its
 # lingering_timeout 5 s)
@@ -171,6 +175,8 @@ class ClientConnection(asyncio.Protocol):
         self.private_upstreams: dict[str, UpstreamConnection] | None = None
         # who the client is (connection_made)
         self.fwd = _NO_FORWARDING
+        # the last context a client_ip_header made (_client_ip_header)
+        self._header_fwd: http1.ForwardingContext | None = None
         self.client_key = b""
         self.peer_port = 0
         self.local_ip = ""
@@ -360,10 +366,14 @@ class ClientConnection(asyncio.Protocol):
     def keep_private_upstream(self, key: str, upstream: UpstreamConnection) -> None:
         if self.private_upstreams is None:
             self.private_upstreams = {}
-        old = self.private_upstreams.pop(key, None)
+        kept = self.private_upstreams
+        old = kept.pop(key, None)
         if old is not None and old is not upstream:
             old.close()
-        self.private_upstreams[key] = upstream
+        kept[key] = upstream
+        if len(kept) > MAX_PRIVATE_UPSTREAMS:
+            # one per client address an edge names: keep the most recent few
+            kept.pop(next(iter(kept))).close()
 
     # ---- reading ------------------------------------------------------------------------------
 
@@ -622,8 +632,9 @@ class ClientConnection(asyncio.Protocol):
         if info.content_length or info.body == "chunked":
             self._wait_body()  # before the exchange starts: it may end, and close, at once
         lc = self.listener.config
+        fwd = None
         if lc.client_ip_header and self.fwd.peer_trusted:
-            self._take_client_ip_header(headers)
+            fwd = self._client_ip_header(headers)
         if (
             not self.tls
             and self.ctx.acme_http01
@@ -643,9 +654,10 @@ class ClientConnection(asyncio.Protocol):
                 local_response=http1.redirect_response(location, close=close),
                 local_status=308,
                 close_after=close,
+                fwd=fwd,
             )
         else:
-            ex = Exchange(self, info, headers)
+            ex = Exchange(self, info, headers, fwd=fwd)
         self.receiving = ex
         self._enqueue(ex)
 
@@ -692,23 +704,33 @@ class ClientConnection(asyncio.Protocol):
             close_after=not info.keep_alive,
         )
 
-    def _take_client_ip_header(self, headers: Headers) -> None:
-        wanted = self.fwd.client_ip_header.lower()
+    def _client_ip_header(self, headers: Headers) -> http1.ForwardingContext | None:
+        """The forwarding context of a request whose trusted peer names its client in
+        ``client_ip_header``; None (the connection's own) when it names none, or an
+        invalid one. Per request: the connection's context is never changed, so a
+        request without the header is not taken for the last one's client."""
+        base = self.fwd
+        wanted = base.client_ip_header.lower()
         for name, value in headers:
             if name.lower() == wanted:
                 try:
-                    ip = ipaddress.ip_address(value.decode("ascii").strip())
+                    ip = str(ipaddress.ip_address(value.decode("ascii").strip()))
                 except (UnicodeDecodeError, ValueError):
                     log.info(
                         "listener %s: ignoring invalid %s from %s",
                         self.listener.name,
                         self.listener.config.client_ip_header,
-                        self.fwd.peer_ip,
+                        base.peer_ip,
                     )
-                    return
-                if str(ip) != self.fwd.client_ip:
-                    self._set_forwarding(str(ip), self.fwd.peer_ip)
-                return
+                    return None
+                if ip == base.client_ip:
+                    return None
+                last = self._header_fwd
+                if last is not None and last.client_ip == ip:
+                    return last  # an edge's keep-alive connection: often the same client
+                self._header_fwd = fwd = dataclasses.replace(base, client_ip=ip)
+                return fwd
+        return None
 
     # ---- the queue ----------------------------------------------------------------------------
 
