@@ -23,6 +23,8 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 FUZZ_ARGS   ?=
+ATTACK_ARGS ?=
+SOAK_ARGS   ?=
 DEMO_ARGS   ?=
 # How many other Pythons test-other-pythons tests at once (1: one after another). Two
 # side by side take ~90 s on two cores, one after the other ~130 s: the 15-minute budget
@@ -31,7 +33,7 @@ OTHER_PYTHONS_JOBS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help venv compile system-deps demo test lint typecheck pytest pytest-pure \
-        test-other-pythons fuzz bench clean distclean
+        test-other-pythons fuzz bench attack soak tls-grade clean distclean
 
 help:
 	@echo "make demo         run 'tlsgate demo' (builds .venv on first use)"
@@ -42,6 +44,9 @@ help:
 	@echo "make test-other-pythons  unit tier + smoke test on each other supported Python found"
 	@echo "make bench        tlsgate vs HAProxy vs nginx benchmark table (BENCH_ARGS=--quick ...)"
 	@echo "make fuzz         fuzz every parser, ~10 min (FUZZ_ARGS=\"--seconds 30 http1\" ...)"
+	@echo "make attack       slow and resource attacks vs HAProxy, ~10 min (ATTACK_ARGS=--quick ...)"
+	@echo "make soak         30 min of mixed traffic with reloads and swaps (SOAK_ARGS=--quick: 3 min)"
+	@echo "make tls-grade    testssl.sh against a default https listener"
 	@echo "make system-deps  install the Debian packages tests and benchmarks use"
 	@echo "make venv         create .venv and install tlsgate[dev] (editable)"
 	@echo "make compile      compile the hot modules with mypyc (falls back to pure Python)"
@@ -104,6 +109,21 @@ bench: system-deps venv compile
 # with 2 jobs; pure Python (atheris instruments bytecode), so no compile step.
 fuzz: venv
 	$(BIN)/python fuzz/run.py $(FUZZ_ARGS)
+
+# Good clients measured while each attack runs, tlsgate and HAProxy side by side
+# (bench/attack.py --help); bounded in time, not part of `test`.
+attack: system-deps venv compile
+	$(BIN)/python bench/attack.py $(ATTACK_ARGS)
+
+# Mixed traffic with a reload and a certificate swap every minute; RSS and fds sampled
+# (bench/soak.py --help). 30 minutes by default, SOAK_ARGS=--quick for 3.
+soak: system-deps venv compile
+	$(BIN)/python bench/soak.py $(SOAK_ARGS)
+
+# testssl.sh against a default https listener; fails on a MEDIUM or worse finding
+# that is tlsgate's (scripts/tls_grade.py --help).
+tls-grade: system-deps venv
+	$(BIN)/python scripts/tls_grade.py
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis .coverage build dist $(COMPILE_STAMP)

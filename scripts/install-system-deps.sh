@@ -28,6 +28,7 @@ PACKAGES=(
   nghttp2-client # h2load (benchmarks)
   curl           # a client, as a user would run one
   openssl        # openssl s_client in tests
+  testssl.sh     # make tls-grade: grades a default https listener (scripts/tls_grade.py)
   pebble         # ACME test server; its pebble-challtestsrv is the DNS Pebble resolves with
   bind9          # authoritative DNS taking RFC 2136 updates: dns-01 end to end
   procps         # ps/pgrep, used by tests that watch processes

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tlsgate.certs.bundle import CertificateBundle
-from tlsgate.certs.tickets import set_ticket_key
+from tlsgate.certs.tickets import set_key_exchange_groups, set_ticket_key
 from tlsgate.errors import CertificateError
 from tlsgate.routing.hosts import NameMap
 
@@ -102,8 +102,10 @@ def make_server_context(
     bytes, see :mod:`tlsgate.certs.tickets`) so that every worker holding the
     same key resumes them; without one, or where the key cannot be set, with
     OpenSSL's random key for this context alone. Key exchange groups are
-    OpenSSL 3's defaults (X25519, P-256, X448, P-521, P-384): Python 3.11 can
-    set a single curve only, and narrowing to one would drop X25519.
+    :data:`~tlsgate.certs.tickets.SERVER_GROUPS` (X25519, P-256, X448, P-521,
+    P-384: OpenSSL 3's defaults without the finite-field groups, which would let
+    a client make every handshake expensive), set through libssl since Python's
+    ``ssl`` can set one curve only.
 
     Raises:
         CertificateError: a bundle's PEM could not be loaded by OpenSSL.
@@ -122,6 +124,7 @@ def make_server_context(
             continue
         seen.add(bundle.key_type)
         _load_bundle_into(ctx, bundle)
+    set_key_exchange_groups(ctx)
     if ticket_key is not None:
         set_ticket_key(ctx, ticket_key)
     return ctx

@@ -67,7 +67,14 @@ from functools import cache
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
-__all__ = ["TICKET_KEY_SIZE", "TicketKeys", "set_ticket_key", "ticket_key_support"]
+__all__ = [
+    "SERVER_GROUPS",
+    "TICKET_KEY_SIZE",
+    "TicketKeys",
+    "set_key_exchange_groups",
+    "set_ticket_key",
+    "ticket_key_support",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +85,11 @@ SECRET_SIZE = 32
 _SSL_CTRL_GET_TLSEXT_TICKET_KEYS = 58
 _SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59
 _SSL_CTRL_GET_MIN_PROTO_VERSION = 130
+_SSL_CTRL_SET_GROUPS_LIST = 92  # SSL_CTX_set1_groups_list is this macro
+# The key exchange groups servers offer: OpenSSL 3's defaults without the finite-field
+# ones (ffdhe2048..8192), which a client could pick to make each handshake cost a worker
+# up to ~80 times the CPU of X25519 (measured with ffdhe8192).
+SERVER_GROUPS = "X25519:P-256:X448:P-521:P-384"
 # ssl.VerifyMode -> SSL_VERIFY_PEER (1) | SSL_VERIFY_FAIL_IF_NO_PEER_CERT (2), as _ssl maps them
 _VERIFY_MASK = 0x03
 _VERIFY_MODES = {ssl.CERT_NONE: 0x00, ssl.CERT_OPTIONAL: 0x01, ssl.CERT_REQUIRED: 0x03}
@@ -143,6 +155,13 @@ class _LibSSL:
         ):
             return None
         return ptr
+
+    def set_groups(self, ptr: int, groups: str) -> bool:
+        """Set the key exchange groups of the context at ``ptr``."""
+        if self.ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, groups.encode("ascii")) != 1:
+            self.clear_errors()
+            return False
+        return True
 
     def set_key(self, ptr: int, key: bytes) -> bool:
         """Set ``key`` on the context at ``ptr`` and read it back."""
@@ -235,6 +254,39 @@ def set_ticket_key(ctx: ssl.SSLContext, key: bytes) -> bool:
         _warn_once("OpenSSL did not accept the ticket key")
         return False
     return True
+
+
+_warned_groups = False
+
+
+def set_key_exchange_groups(ctx: ssl.SSLContext, groups: str = SERVER_GROUPS) -> bool:
+    """Limit server context ``ctx`` to the key exchange ``groups`` (OpenSSL's syntax).
+
+    Python's ``ssl`` sets one curve at most (``set_ecdh_curve``), and only for
+    TLS 1.2; this reaches ``SSL_CTX_set1_groups_list`` the way
+    :func:`set_ticket_key` reaches the ticket keys. Returns False, logging one
+    warning per process, if it cannot be done here (``ctx`` keeps OpenSSL's
+    defaults, finite-field groups included).
+    """
+    global _warned_groups
+    lib = _bindings()
+    reason = lib if isinstance(lib, str) else None
+    if not isinstance(lib, str):
+        ptr = lib.context_pointer(ctx)
+        if ptr is None:
+            reason = "an ssl.SSLContext does not hold its SSL_CTX where expected"
+        elif not lib.set_groups(ptr, groups):
+            reason = f"OpenSSL refused the group list {groups!r}"
+        else:
+            return True
+    if not _warned_groups:
+        _warned_groups = True
+        log.warning(
+            "TLS key exchange groups cannot be limited (%s): OpenSSL's defaults are "
+            "offered, finite-field groups included, whose handshakes cost far more CPU",
+            reason,
+        )
+    return False
 
 
 def _warn_once(reason: str) -> None:

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tlsgate.ca import LocalCA
 from tlsgate.certs.bundle import CertificateBundle, load_bundle
 from tlsgate.certs.cache import CertificateCache, make_client_context, make_server_context
+from tlsgate.certs.tickets import set_key_exchange_groups
 from tlsgate.errors import CertificateError
 
 
@@ -336,3 +337,33 @@ def test_client_context_presents_client_certificate(
     peer = s.getpeercert()
     assert peer is not None
     assert ("DNS", "lb.example.com") in peer["subjectAltName"]
+
+
+def test_finite_field_groups_are_not_offered(
+    bundles: dict[str, CertificateBundle], ca: LocalCA
+) -> None:
+    """A client that offers only ffdhe8192 (about 80 times the CPU of X25519 per
+    handshake, for the server too) is refused; the elliptic curves all work."""
+    server = make_server_context([bundles["www-ec"]])
+
+    def client(groups: str, version: ssl.TLSVersion) -> ssl.SSLContext:
+        ctx = _client(ca)
+        ctx.minimum_version = ctx.maximum_version = version
+        assert set_key_exchange_groups(ctx, groups)
+        return ctx
+
+    for group in ("X25519", "P-256", "P-384", "P-521", "X448"):
+        _handshake(client(group, ssl.TLSVersion.TLSv1_3), server, "www.example.com")
+    # TLS 1.2: the list also names the curves an ECDSA certificate may use (P-256 here)
+    _handshake(client("X25519:P-256", ssl.TLSVersion.TLSv1_2), server, "www.example.com")
+    for group in ("ffdhe2048", "ffdhe8192"):
+        with pytest.raises(ssl.SSLError):
+            _handshake(client(group, ssl.TLSVersion.TLSv1_3), server, "www.example.com")
+
+
+def test_an_unknown_group_list_is_refused_and_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with caplog.at_level("WARNING", logger="tlsgate.certs.tickets"):
+        assert not set_key_exchange_groups(ctx, "no-such-group")
