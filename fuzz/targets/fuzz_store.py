@@ -26,7 +26,7 @@ How this works: the first input byte chooses what the rest is.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Coroutine
+from collections.abc import AsyncGenerator, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
@@ -65,6 +65,11 @@ class _MemoryStore:
     async def put(self, key: str, value: bytes, *, lease: Lease | None = None) -> int:
         self.revision += 1
         self.data[key] = bytes(value)
+        return self.revision
+
+    async def put_all(self, items: Sequence[tuple[str, bytes]]) -> int:
+        for key, value in items:
+            await self.put(key, value)
         return self.revision
 
     async def list(self, prefix: str) -> list[Entry]:

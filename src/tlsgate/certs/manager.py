@@ -9,9 +9,12 @@ follows lock discipline (certmagic ``obtainCert``): take the store lock for
 the certificate, re-check the store (another process may have renewed it),
 order, answer each authorization with the first configured challenge that
 fits, finalize with a fresh key, put chain + key (sealed) + metadata in the
-store, release in ``finally``. Then ``on_change`` pushes the new bundles to
-every worker. Failures back off exponentially (capped) and leave the current
+store in one write (``Store.put_all``: never a new chain beside an old key),
+release in ``finally``. Then ``on_change`` pushes the new bundles to every
+worker. Failures back off exponentially (capped) and leave the current
 certificate in service; the error is kept in the store for ``certs list``.
+A failed store write (disk full, store locked) is such a failure too, and the
+store watcher outlives it.
 
 Every certificate that would go into service, whether just issued by the CA
 or found in the store (at start, or put there by another node), first passes
@@ -71,7 +74,7 @@ from tlsgate.certs.bundle import (
 from tlsgate.certs.dns01 import Rfc2136Updater
 from tlsgate.config.model import AcmeConfig, CertificateConfig, Config
 from tlsgate.errors import CertificateError, StoreError
-from tlsgate.store.base import Store, json_object
+from tlsgate.store.base import Store, WatchEvent, json_object
 
 log = logging.getLogger("tlsgate.certs")
 
@@ -83,6 +86,7 @@ LOCK_WAIT_NOTICE = 1.0  # log that we wait for the lock after this many seconds
 RENEW_REQUEST = "renew-request"  # certs/<name>/renew-request: {"force": bool}
 BACKOFF_START = 30.0
 BACKOFF_CAP = 6 * 3600.0
+WATCH_RETRY = 1.0  # seconds before a failed store watch is started again
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
@@ -166,6 +170,19 @@ def _kept(current: CertificateBundle | None) -> str:
         f"the current certificate (sha256 {current.fingerprint_sha256[:16]}, valid until "
         f"{current.not_after.isoformat()}) stays in service"
     )
+
+
+def _stored_time(value: object) -> datetime | None:
+    """A moment from ``meta.json`` (ISO 8601 with a UTC offset); None when it is missing
+    or damaged (not a string, not a date, no offset), so the caller's default applies
+    instead of a ValueError, or a TypeError when it is compared with an aware time."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else None
 
 
 def directory_id(url: str) -> str:
@@ -270,11 +287,8 @@ class CertificateManager:
             )
             return False
         m.bundle = bundle
-        renew_at = m.meta.get("renew_at")
-        m.renew_at = (
-            datetime.fromisoformat(renew_at)
-            if isinstance(renew_at, str)
-            else default_renewal_time(bundle.not_before, bundle.not_after, self.rng)
+        m.renew_at = _stored_time(m.meta.get("renew_at")) or default_renewal_time(
+            bundle.not_before, bundle.not_after, self.rng
         )
         return True
 
@@ -330,16 +344,65 @@ class CertificateManager:
             watcher.cancel()
 
     async def watch_store(self) -> None:
-        """React to the store: renew requests (``certs renew``), certificates put by others."""
-        async for event in self.store.watch("certs/"):
-            if event.kind != "put":
-                continue
-            parts = event.key.split("/")
+        """React to the store: renew requests (``certs renew``), certificates put by others.
+
+        For the manager's whole life: a reaction that fails (the disk is full, the
+        store is locked) is logged and the next change is handled; a watch that
+        fails is started again after ``WATCH_RETRY`` seconds, replaying from the
+        first change not handled. Without that, one failed write would leave the
+        node deaf to renew requests and to other nodes' certificates until a restart.
+        """
+        start: int | None = None  # the first revision not handled yet, once known
+        catch_up = False
+        while True:
+            progressed = False
+            try:
+                events = self.store.watch("certs/", start_revision=start)
+                async with contextlib.aclosing(events):
+                    if catch_up:  # after the new watch started: nothing falls between
+                        await self._catch_up()
+                        catch_up = False
+                    async for event in events:
+                        start, progressed = event.revision + 1, True
+                        await self._on_store_event(event)
+                return  # the store was closed
+            except StoreError as exc:
+                log.error(
+                    "certificates: watching the store failed: %s; watching again in %gs",
+                    exc,
+                    WATCH_RETRY,
+                )
+            await asyncio.sleep(WATCH_RETRY)
+            if start is None or not progressed:
+                # Where to replay from is unknown, or replaying from there failed at
+                # once (compacted away?): watch from now on, and catch up on what the
+                # store holds.
+                start, catch_up = None, True
+
+    async def _on_store_event(self, event: WatchEvent) -> None:
+        if event.kind != "put":
+            return
+        parts = event.key.split("/")
+        try:
             if len(parts) == 3 and parts[2] == RENEW_REQUEST:
                 await self._renew_requested(parts[1], event.value or b"{}")
             elif len(parts) == 4 and parts[3] == "meta.json":
-                # meta.json is written last: the chain and key before it are complete
+                # meta.json is written with (or after) the chain and key: they are complete
                 await self._adopt_from_store(parts[1], parts[2])
+        except StoreError as exc:
+            log.error("certificate %s: could not act on %s: %s", parts[1], event.key, exc)
+
+    async def _catch_up(self) -> None:
+        """After changes may have been missed: adopt what the store holds, answer requests."""
+        try:
+            for m in self.managed:
+                await self._adopt_from_store(m.cert.name, m.key_type)
+            for entry in await self.store.list("certs/"):
+                parts = entry.key.split("/")
+                if len(parts) == 3 and parts[2] == RENEW_REQUEST:
+                    await self._renew_requested(parts[1], entry.value)
+        except StoreError as exc:
+            log.error("certificates: could not read the store: %s", exc)
 
     async def _renew_requested(self, name: str, value: bytes) -> None:
         force = bool((json_object(value) or {}).get("force"))
@@ -424,14 +487,25 @@ class CertificateManager:
                     cert_source=f"the chain issued by {self.acme.directory}",
                     key_source="the new private key",
                 )
-                await self.store.put(f"{m.prefix}/chain.pem", chain)
-                await self.store.put(f"{m.prefix}/privkey.key", key_pem)
+                renew_at = await self._renewal_time(bundle)
+                # Chain, key and meta.json in one write: a failure part way (disk full,
+                # the store locked, the process killed) must never leave the new chain
+                # beside the old key, which no later start could serve.
+                await self.store.put_all(
+                    [
+                        (f"{m.prefix}/chain.pem", chain),
+                        (f"{m.prefix}/privkey.key", key_pem),
+                        (
+                            f"{m.prefix}/meta.json",
+                            self._meta_record(m, bundle, renew_at, failures=0, error=""),
+                        ),
+                    ]
+                )
                 m.bundle = bundle
-                m.renew_at = await self._renewal_time(bundle)
+                m.renew_at = renew_at
                 m.failures = 0
                 m.next_attempt = 0.0
                 m.last_error = ""
-                await self._save_meta(m)
         except (AcmeError, CertificateError, StoreError, OSError) as exc:
             m.failures += 1
             backoff = min(BACKOFF_CAP, BACKOFF_START * 2 ** (m.failures - 1))
@@ -463,23 +537,51 @@ class CertificateManager:
         return True
 
     async def _lock(self, m: Managed) -> contextlib.AbstractAsyncContextManager[None]:
-        """The certificate's store lock; a wait for it is logged, not silent."""
+        """The certificate's store lock; a wait for it is logged, not silent.
+
+        One attempt, watched rather than cancelled: the notice comes after
+        ``LOCK_WAIT_NOTICE`` even while the store itself keeps the attempt waiting
+        (another process holds the database), which cancelling could not interrupt.
+        """
+        attempt = asyncio.ensure_future(self.store.lock(m.prefix, ttl=LOCK_TTL))
         try:
-            return await asyncio.wait_for(self.store.lock(m.prefix, ttl=LOCK_TTL), LOCK_WAIT_NOTICE)
-        except TimeoutError:
-            log.info(
-                "certificate %s (%s): waiting for its lock: another process is issuing it, "
-                "or one that died holds it (then it expires within %ds)",
-                m.cert.name,
-                m.key_type,
-                int(LOCK_TTL),
-            )
-        return await self.store.lock(m.prefix, ttl=LOCK_TTL)
+            done, _ = await asyncio.wait({attempt}, timeout=LOCK_WAIT_NOTICE)
+            if not done:
+                log.info(
+                    "certificate %s (%s): waiting for its lock: another process is issuing "
+                    "it, one that died holds it (then it expires within %ds), or another "
+                    "process holds the store database",
+                    m.cert.name,
+                    m.key_type,
+                    int(LOCK_TTL),
+                )
+            return await attempt
+        except asyncio.CancelledError:
+            attempt.cancel()  # a cancelled attempt gives back a lock it was taking
+            try:
+                held = await attempt
+            except (asyncio.CancelledError, StoreError):
+                pass
+            else:  # it had got the lock already
+                await held.__aexit__(None, None, None)
+            raise
 
     async def _save_meta(self, m: Managed) -> None:
-        b = m.bundle
+        record = self._meta_record(m, m.bundle, m.renew_at, failures=m.failures, error=m.last_error)
+        await self.store.put(f"{m.prefix}/meta.json", record)
+
+    def _meta_record(
+        self,
+        m: Managed,
+        b: CertificateBundle | None,
+        renew_at: datetime | None,
+        *,
+        failures: int,
+        error: str,
+    ) -> bytes:
+        """``meta.json`` for ``m`` serving ``b``: dates, renewal, the last error, the backoff."""
         now = datetime.now(UTC)
-        wait = m.next_attempt - time.monotonic()  # the backoff, for `certs list`
+        wait = m.next_attempt - time.monotonic() if failures else 0.0  # for `certs list`
         meta = {
             "issuer": "acme",
             "directory": self.acme.directory,
@@ -488,13 +590,13 @@ class CertificateManager:
             "not_before": b.not_before.isoformat() if b else None,
             "not_after": b.not_after.isoformat() if b else None,
             "fingerprint_sha256": b.fingerprint_sha256 if b else None,
-            "renew_at": m.renew_at.isoformat() if m.renew_at else None,
-            "last_error": m.last_error,
-            "failures": m.failures,
+            "renew_at": renew_at.isoformat() if renew_at else None,
+            "last_error": error,
+            "failures": failures,
             "retry_at": (now + timedelta(seconds=wait)).isoformat() if wait > 0 else None,
             "updated": now.isoformat(),
         }
-        await self.store.put(f"{m.prefix}/meta.json", json.dumps(meta).encode())
+        return json.dumps(meta).encode()
 
     async def _renewal_time(self, bundle: CertificateBundle) -> datetime:
         try:

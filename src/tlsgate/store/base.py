@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import stat
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +109,23 @@ class Store(Protocol):
 
         Raises:
             StoreError: also when ``lease`` has expired or was revoked.
+        """
+        ...
+
+    async def put_all(self, items: Sequence[tuple[str, bytes]]) -> int:
+        """Create or replace every ``(key, value)`` of ``items`` at once, or none of them.
+
+        For records that only make sense together (a certificate chain and its
+        private key): a failure part way (disk full, a lock held too long, the
+        process killed) must not leave a new chain beside an old key. Each key
+        gets its own revision, in ``items`` order, and a watcher sees them all in
+        one batch of events.
+
+        Returns:
+            The revision of the last item.
+
+        Raises:
+            StoreError: then nothing was changed. Also for an empty ``items``.
         """
         ...
 
@@ -305,6 +322,13 @@ class SealedStore:
         if self._sealed(key):
             value = seal(self._key, value, aad=key.encode())
         return await self._inner.put(key, value, lease=lease)
+
+    async def put_all(self, items: Sequence[tuple[str, bytes]]) -> int:
+        sealed = [
+            (key, seal(self._key, value, aad=key.encode()) if self._sealed(key) else value)
+            for key, value in items
+        ]
+        return await self._inner.put_all(sealed)
 
     async def delete(self, key: str) -> bool:
         return await self._inner.delete(key)

@@ -15,9 +15,13 @@ Tables::
 
 Every write is one ``BEGIN IMMEDIATE`` transaction that bumps the revision
 counter, changes ``kv`` and appends to ``changes``, so revisions are gapless
-and a change is visible exactly when its log entry is. Watchers poll the log
-(every ``poll_interval``; at once when this process wrote), which works
-across processes without any side channel. The log keeps the last
+and a change is visible exactly when its log entry is (``put_all`` changes
+several keys in one such transaction: all or none). A failed transaction,
+including a failed ``COMMIT`` (``SQLITE_FULL`` on a full disk), is rolled
+back, so the shared connection goes on. Opening only reads when the schema
+exists: a reader never waits for another process's write transaction.
+Watchers poll the log (every ``poll_interval``; at once when this process
+wrote), which works across processes without any side channel. The log keeps the last
 ``change_log_retention`` changes; a watcher that falls further behind gets a
 StoreError, as an etcd watcher gets "required revision has been compacted".
 
@@ -41,7 +45,7 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from types import TracebackType
@@ -90,6 +94,7 @@ INSERT OR IGNORE INTO meta (name, value) VALUES ('revision', 0), ('compacted', 0
 COMMIT;
 """
 
+_TABLES = ("meta", "kv", "changes", "leases", "locks")
 _WATCH_BATCH = 512
 _COMPACT_EVERY = 128  # revisions between change-log trims
 
@@ -144,7 +149,11 @@ class SqliteStore:
         try:
             conn = self._connect()
             try:
-                conn.executescript(_SCHEMA)
+                # Only a database without the schema needs the write lock: a reader
+                # (``certs list``, a node starting) must not wait for, or fail on, a
+                # writer that holds the database (another process's long transaction).
+                if not _has_schema(conn):
+                    conn.executescript(_SCHEMA)
             except sqlite3.Error:
                 conn.close()
                 raise
@@ -255,6 +264,36 @@ class SqliteStore:
                 )
                 _log_change(conn, revision, "put", key, data)
                 self._maybe_compact(conn, revision)
+            return revision
+
+        revision = await self._run(op)
+        self._notify()
+        return revision
+
+    async def put_all(self, items: Sequence[tuple[str, bytes]]) -> int:
+        """See :meth:`tlsgate.store.base.Store.put_all`: one write transaction."""
+        if not items:
+            raise StoreError("put_all needs at least one item")
+        data: builtins.list[tuple[str, bytes]] = []
+        for key, value in items:
+            _check_key(key)
+            if not isinstance(value, bytes | bytearray | memoryview):
+                raise TypeError(f"store values are bytes, not {type(value).__name__}")
+            data.append((key, bytes(value)))
+
+        def op(conn: sqlite3.Connection) -> int:
+            revision = 0
+            with _transaction(conn, write=True):
+                _collect_expired(conn, time.time())
+                for key, value in data:
+                    revision = _next_revision(conn)
+                    conn.execute(
+                        "INSERT OR REPLACE INTO kv (key, value, revision, lease)"
+                        " VALUES (?, ?, ?, NULL)",
+                        (key, value, revision),
+                    )
+                    _log_change(conn, revision, "put", key, value)
+                    self._maybe_compact(conn, revision)
             return revision
 
         revision = await self._run(op)
@@ -545,10 +584,32 @@ def _transaction(conn: sqlite3.Connection, *, write: bool = False) -> Iterator[N
     conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
     try:
         yield
+        conn.execute("COMMIT")  # a failed COMMIT (SQLITE_FULL, ...) is rolled back too
     except BaseException:
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
-    conn.execute("COMMIT")
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """End the failed transaction, so the connection can start the next one.
+
+    SQLite may have rolled back by itself (it does on SQLITE_FULL, IOERR, NOMEM,
+    BUSY); then there is nothing to do. A ROLLBACK that fails must not hide the
+    error that led to it.
+    """
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _has_schema(conn: sqlite3.Connection) -> bool:
+    """Whether every table of ``_SCHEMA`` exists (one read, no lock beyond a WAL snapshot).
+
+    The schema script creates them and the meta rows in one transaction, so when
+    the tables are there the rows are too.
+    """
+    rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    return set(_TABLES) <= {row[0] for row in rows}
 
 
 def _meta(conn: sqlite3.Connection, name: str) -> int:
