@@ -81,7 +81,7 @@ class DnsUpdateConfig:
     server: str  # "host:port" of the authoritative server that takes updates
     zone: str  # the zone updated, e.g. "example.com"
     tsig_key_name: str = ""
-    tsig_secret: str = ""  # base64, as in BIND's key files
+    tsig_secret: str = field(default="", repr=False)  # base64, as in BIND's key files
     tsig_algorithm: str = "hmac-sha256"
     propagation_delay: float = 0.0  # wait after the update before answering the challenge
 
@@ -94,7 +94,7 @@ class AcmeConfig:
     challenges: tuple[AcmeChallenge, ...] = ("http-01", "tls-alpn-01")
     key_types: tuple[KeyTypeName, ...] = ("ecdsa-p256",)
     eab_kid: str = ""  # external account binding (RFC 8555 §7.3.4), both or neither
-    eab_hmac_key: str = ""  # base64url
+    eab_hmac_key: str = field(default="", repr=False)  # base64url; never in a repr (logs)
     dns: DnsUpdateConfig | None = None  # required when "dns-01" is in challenges
     renew_check_interval: float = 3600.0  # how often due dates are re-examined
     # ask the CA for this validity (the order's notAfter, RFC 8555 §7.4); 0 = the CA's

@@ -1600,6 +1600,9 @@ propagation_delay = "2s"
     assert config.certificate("site") == CertificateConfig(
         name="site", domains=("example.com",), issuer="acme"
     )
+    # the secrets never reach a log line through a repr of the config
+    assert EAB_KEY not in repr(config)
+    assert TSIG_SECRET not in repr(config)
 
 
 def test_acme_defaults() -> None:
