@@ -308,9 +308,10 @@ class AcmeClient:
         self._account_url = account_url
         self._directory: Directory | None = None
         self._nonces: list[str] = []
-        verify: ssl.SSLContext | bool = True
+        # the system's trust store (SSL_CERT_FILE/SSL_CERT_DIR honoured), not certifi's
+        # bundle, which httpx would use by default: plus ca_file's roots if given
+        verify = ssl.create_default_context()
         if ca_file:
-            verify = ssl.create_default_context()
             try:
                 verify.load_verify_locations(cafile=ca_file)
             except (OSError, ssl.SSLError) as exc:
