@@ -103,6 +103,13 @@ class UpstreamConnectError(UpstreamError):
     status_hint = 502
 
 
+class LocalResourceError(UpstreamConnectError):
+    """tlsgate itself could not open a connection (out of file descriptors or memory):
+    no fault of the app server, which is neither ejected nor retried elsewhere."""
+
+    status_hint = 503
+
+
 class UpstreamTimeout(UpstreamError):
     """An app server did not connect or answer in time."""
 

@@ -3,19 +3,29 @@
 One loop serves HTTP upstreams and L4 sessions alike. A server that fails to
 connect is recorded (passive ejection after ``max_fails`` consecutive
 failures, for ``fail_timeout``) and excluded, and another is picked, up to
-``retries`` times; nothing has been sent yet, so retrying is always safe.
+``retries`` times; nothing has been sent yet, so retrying is always safe. A
+connect that fails in tlsgate itself (no file descriptor or memory left, as in
+a connection flood) is not the server's fault: it is neither recorded nor
+retried, and the request gets a 503.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from tlsgate.errors import NoServerAvailable, UpstreamConnectError, UpstreamError, UpstreamTimeout
+from tlsgate.errors import (
+    LocalResourceError,
+    NoServerAvailable,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamTimeout,
+)
 
 if TYPE_CHECKING:
     from tlsgate.net.runtime import BackendRuntime, ServerRuntime
@@ -23,6 +33,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("tlsgate.connect")
 
 T = TypeVar("T")
+
+# A connect that fails with one of these failed in this process, not at the server.
+_LOCAL_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def _reason(exc: OSError) -> str:
@@ -98,6 +111,9 @@ def connect_failed(
     """Record a failed connect to ``server`` (passive ejection), log it, and say
     whether another server may be tried (``retries`` not yet spent)."""
     cfg = backend.config
+    if isinstance(error, LocalResourceError):
+        log.warning("backend %s: %s; the server is not blamed", backend.name, error)
+        return False
     ejected = server.state.record_failure(
         now, max_fails=cfg.max_fails, fail_timeout=cfg.fail_timeout
     )
@@ -113,6 +129,10 @@ def connect_failed(
 
 def connect_error(server: ServerRuntime, exc: OSError) -> UpstreamConnectError:
     """The error for a connect to ``server`` that failed with ``exc``."""
+    if exc.errno in _LOCAL_ERRNOS and not isinstance(exc, ssl.SSLError):
+        return LocalResourceError(
+            f"connecting to {server.key} failed in tlsgate itself: {_reason(exc)}"
+        )
     return UpstreamConnectError(f"connecting to {server.key} failed: {_reason(exc)}")
 
 
