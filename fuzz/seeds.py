@@ -195,6 +195,13 @@ def http_requests() -> dict[str, bytes]:
             b"CGET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
         ),
         "slow-head": _http(0, b"CGET / HTTP/1.1\r\nHo", b"T\x06", b"Cst: a\r\n\r\n"),
+        # an upgrade request with a body (once a cross-client desync: llhttp ends the
+        # message at the head while the head sent upstream announced the body)
+        "upgrade-body": _http(
+            0,
+            b"CGET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: a\r\n"
+            b"Content-Length: 1\r\n\r\nA",
+        ),
     }
 
 

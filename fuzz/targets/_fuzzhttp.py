@@ -39,6 +39,21 @@ checks (raising :class:`~_fuzzcommon.InvariantViolation`):
   same order, one Host, the same body (or a prefix of it, when the exchange
   was cut short) and trailers -- so no request is smuggled, split or merged
   on the way;
+* **a second parser**: llhttp is tlsgate's own parser, so the checks above agree
+  with tlsgate's framing by construction. Each upstream connection's bytes are
+  framed again by h11 as the app server (``h11.SERVER``), which goes by
+  Content-Length and Transfer-Encoding whatever else the head says: it must
+  accept them (up to a tunnel after a 101) and find the same requests (method,
+  target, body, whether complete); every request the app answered must be
+  complete for h11 too, and each time the connection sat idle in the pool h11
+  must have been between two requests; llhttp must not have rejected them.
+  What the client received is framed again by h11 as the client
+  (``h11.CLIENT``, told each request's method and whether it proposed an
+  upgrade), which must accept it and find the same responses (status, body)
+  as the strict parser above.
+  This is what catches a framing tlsgate announces but does not keep, e.g. an
+  upgrade request's Content-Length with no body behind it (llhttp ends such a
+  request at its head; an app server reads the next request as its body);
 * **liveness**: once every timeout has passed, the client connection is closed
   (unless it became a tunnel, or waits on a connection attempt the fake loop
   cannot make).
@@ -56,6 +71,7 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 
+import h11
 import httptools
 
 from fuzz.targets._fuzzcommon import InvariantViolation, Reader, check, known_issue
@@ -347,6 +363,21 @@ class _Upstream:
     replies: _ResponseStream | None = None  # what it was sent, while an exchange used it
     sent: list[_Reply] = field(default_factory=list)  # every response it was sent
     counter: _ResponseStream | None = None
+    # how many bytes it had been sent each time it was seen idle in the pool (reusable)
+    pooled_at: list[int] = field(default_factory=list)
+
+
+def _note_pooled(up: _Upstream) -> None:
+    """Record where in its bytes an upstream connection that carried requests is idle
+    in the pool (for the check that this is between two requests)."""
+    written = up.transport.total
+    if (
+        up.protocol.pool is not None
+        and written
+        and not up.transport.closed
+        and (not up.pooled_at or up.pooled_at[-1] != written)
+    ):
+        up.pooled_at.append(written)
 
 
 class Driver:
@@ -488,6 +519,7 @@ class Driver:
                         break
                     self._upstream_received(up, data)
                     self.h.loop.run_ready()
+                _note_pooled(up)
                 if up.transport.closed and not up.lost:
                     up.lost = True
                     moved = True
@@ -539,13 +571,14 @@ class Driver:
             if not tunnel and not waiting:
                 check(self.client.closed, "the client connection outlived every timeout")
             try:
-                self._check_client_side(tunnel)
+                self._check_client_side_h11(self._check_client_side(tunnel))
             except InvariantViolation as exc:
                 if not self.stray:
                     raise
                 known_issue("stray-response", str(exc))
             try:
                 self._check_upstream_side()
+                self._check_upstream_side_h11()
             except InvariantViolation as exc:
                 if not self.client_sent.upgraded:
                     raise
@@ -556,7 +589,9 @@ class Driver:
     def _methods(self) -> list[bytes]:
         return [m.method for m in self.client_sent.messages]
 
-    def _check_client_side(self, tunnel: bool) -> None:
+    def _check_client_side(self, tunnel: bool) -> list[tuple[int, bytes | None]]:
+        """Parse what the client got (strictly, as tlsgate writes it) and check it; returns
+        each final response's status and body (None: cut short), a 101 last if there is one."""
         data = b"".join(self.client.written)
         methods = self._methods()
         pos = 0
@@ -575,6 +610,7 @@ class Driver:
             )
             if status == 101:
                 check(tunnel, "101 but no tunnel")
+                bodies.append((101, b""))
                 break  # the rest is the tunnel's
             cls = [v for n, v in fields if n.lower() == b"content-length"]
             tes = [v for n, v in fields if n.lower() == b"transfer-encoding"]
@@ -618,7 +654,33 @@ class Driver:
                     f"bytes after a Connection: close response: {data[pos : pos + 200]!r}",
                 )
                 check(self.client.closed, "Connection: close, but the connection stays open")
-        self._check_bodies(bodies, methods)
+        self._check_bodies([b for b in bodies if b[0] != 101], methods)
+        return bodies
+
+    def _check_client_side_h11(self, bodies: list[tuple[int, bytes | None]]) -> None:
+        """h11, as the client, frames what the client got as the same responses.
+
+        The strict parser above reads tlsgate's output the way tlsgate writes it; h11 is a
+        client that knows nothing of that: one more parser a response must satisfy, with
+        its own reading of framing (HEAD, 1xx, 204/304, chunked, close-delimited).
+        """
+        data = b"".join(self.client.written)
+        framed, error = _h11_responses(data, tuple(map(_h11_ask, self.client_sent.messages)))
+        check(not error, f"to the client: {error}: {data[:300]!r}")
+        check(
+            [f.status for f in framed] == [status for status, _ in bodies],
+            f"h11 frames responses {[f.status for f in framed]} to the client, "
+            f"the checker {[status for status, _ in bodies]}: {data[:300]!r}",
+        )
+        for i, (f, (_, body)) in enumerate(zip(framed, bodies, strict=True)):
+            if body is None:
+                check(not f.complete, f"response {i}: cut short, but h11 reads it to its end")
+            else:
+                check(
+                    bytes(f.body) == body,
+                    f"response {i}: h11 reads the body {bytes(f.body)[:100]!r}, "
+                    f"the checker {body[:100]!r}",
+                )
 
     def _check_bodies(self, bodies: list[tuple[int, bytes | None]], methods: list[bytes]) -> None:
         """Each response relayed whole carries the body the app server sent, byte for byte.
@@ -673,6 +735,55 @@ class Driver:
             else:
                 check(
                     c.body.startswith(u.body), f"{where}: a body that is no prefix of the client's"
+                )
+
+    def _check_upstream_side_h11(self) -> None:
+        """h11, as the app server, frames each upstream connection's bytes as llhttp did.
+
+        llhttp is tlsgate's own parser, so the checks above agree with tlsgate's framing
+        by construction; h11 frames by Content-Length and Transfer-Encoding alone, as
+        nginx or an app server does. A framing tlsgate announces but does not keep (a body
+        declared but not sent, bytes after a request that closes) shows up here as other
+        requests, other bodies or an error -- on a pooled connection, the next client's
+        request read as this one's body.
+        """
+        for n, up in enumerate(self.upstreams):
+            if not up.transport.written:
+                continue
+            where = f"upstream connection {n}"
+            data = b"".join(up.transport.written)
+            check(up.stream.error is None, f"{where}: llhttp: {up.stream.error}: {data[:300]!r}")
+            framed, error = _h11_requests(data, may_tunnel=any(r.status == 101 for r in up.sent))
+            check(not error, f"{where}: {error}: {data[:300]!r}")
+            parsed = [m for m in up.stream.messages if m.head_done]
+            check(
+                [(f.method, f.target) for f in framed] == [(m.method, m.url) for m in parsed],
+                f"{where}: h11 frames requests {[(f.method, f.target) for f in framed]}, "
+                f"llhttp {[(m.method, m.url) for m in parsed]}: {data[:300]!r}",
+            )
+            for i, (f, m) in enumerate(zip(framed, parsed, strict=True)):
+                check(
+                    f.body == m.body,
+                    f"{where}, request {i}: h11 reads the body {bytes(f.body)[:100]!r}, "
+                    f"llhttp {bytes(m.body)[:100]!r}",
+                )
+                check(
+                    f.complete == m.complete,
+                    f"{where}, request {i}: complete for "
+                    f"{'h11' if f.complete else 'llhttp'} only: {data[:300]!r}",
+                )
+                check(
+                    f.complete or not m.answered,
+                    f"{where}, request {i}: the app answered it while h11 still reads it",
+                )
+            # back in the pool only between requests: else the next one, maybe another
+            # client's, is read as the rest of this one
+            ends = {0, *(f.end for f in framed if f.complete)}
+            for at in up.pooled_at:
+                check(
+                    at in ends,
+                    f"{where}: pooled after {at} bytes, inside a request for h11 (requests end "
+                    f"at {sorted(ends)}): {data[:300]!r}",
                 )
 
 
@@ -770,6 +881,161 @@ def _end_to_end(headers: Headers) -> Headers:
         and ln not in named
         and not ln.startswith(b"x-forwarded-")
     ]
+
+
+# ---- the second parser: h11 ----------------------------------------------------------------------
+
+# h11 holds at most this much of an unfinished head; tlsgate's own limit is 64 KiB by default
+_H11_MAX_HEAD = 256 * 1024
+_H11_HOST = [(b"Host", b"example.com")]
+_H11_UPGRADE = [*_H11_HOST, (b"Connection", b"upgrade"), (b"Upgrade", b"websocket")]
+# the fake answers of _h11_requests, made once (h11's events are immutable)
+_H11_END = h11.EndOfMessage()
+_H11_OK = h11.Response(status_code=200, headers=[(b"Content-Length", b"0")])
+_H11_NOT_FOUND = h11.Response(status_code=404, headers=[(b"Content-Length", b"0")])
+
+
+@dataclass
+class _Framed:
+    """One message as h11 frames it: a request (method, target) or a response (status)."""
+
+    method: bytes = b""
+    target: bytes = b""
+    status: int = 0
+    body: bytearray = field(default_factory=bytearray)
+    complete: bool = False  # h11's EndOfMessage came
+    end: int = 0  # requests: where in the bytes it ended (when complete)
+
+
+# Both parses are pure functions of their arguments, and memoized: the same bytes come
+# back often (a canned app response, the response target's fixed requests), and h11 is
+# pure Python. Callers only read the results.
+@functools.lru_cache(maxsize=1024)
+def _h11_requests(data: bytes, *, may_tunnel: bool) -> tuple[tuple[_Framed, ...], str]:
+    """The requests h11, as the app server, frames in what tlsgate wrote to one upstream
+    connection, and why it stopped ("" for no error).
+
+    h11 frames by Content-Length and Transfer-Encoding whatever else the head says (an
+    Upgrade too), as nginx and most app servers do; llhttp ends an upgrade request at its
+    head. Each request that h11 has read to its end is answered with a fake empty
+    response so that h11 goes on to the next one: the framing of what tlsgate sends does
+    not depend on what the app answered, except for a 101 (``may_tunnel``: the app sent
+    one on this connection), after which the rest is a tunnel's and not parsed. A body
+    cut short at the end of the bytes is no error (no EOF is fed: tlsgate may close in
+    the middle of an exchange when its client goes away).
+    """
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=_H11_MAX_HEAD)
+    if data:  # (b"" would be the end of the stream to h11)
+        conn.receive_data(data)
+    seen: list[_Framed] = []
+    while True:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            return tuple(seen), f"h11: {exc} (after {len(seen)} requests)"
+        if event is h11.NEED_DATA:
+            return tuple(seen), ""
+        if isinstance(event, h11.Request):
+            seen.append(_Framed(method=event.method, target=event.target))
+        elif isinstance(event, h11.Data):
+            seen[-1].body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            seen[-1].complete = True
+            seen[-1].end = len(data) - len(conn.trailing_data[0])
+        elif event is h11.PAUSED:
+            # paused with the client not DONE: it proposed a switch (MIGHT_SWITCH_PROTOCOL)
+            if conn.their_state is not h11.DONE and may_tunnel:
+                return tuple(seen), ""  # the rest may be the tunnel's
+            # (a 2xx would accept a CONNECT, a 101 an upgrade: decline both)
+            conn.send(_H11_NOT_FOUND if seen[-1].method == b"CONNECT" else _H11_OK)
+            conn.send(_H11_END)
+            try:
+                conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                rest = conn.trailing_data[0]
+                return (
+                    tuple(seen),
+                    f"h11: {len(rest)} bytes after a request that closes: {rest[:80]!r}",
+                )
+
+
+def _h11_ask(msg: _Message) -> tuple[bytes, bool]:
+    """What h11 needs to know of a client's request (as llhttp saw it) to read its
+    response: the method (HEAD frames a response differently) and whether it proposes
+    an upgrade (a 101 is allowed then)."""
+    return msg.method or b"GET", msg.version == "1.1" and _proposes_upgrade(msg.headers)
+
+
+@functools.lru_cache(maxsize=64)
+def _h11_fake_request(method: bytes, upgrade: bool) -> h11.Request:
+    """The request h11 sends for an ask: no body (h11 would insist on sending it)."""
+    return h11.Request(method=method, target=b"/", headers=_H11_UPGRADE if upgrade else _H11_HOST)
+
+
+def _proposes_upgrade(headers: Headers) -> bool:
+    """An Upgrade field and the "upgrade" connection option (RFC 9110 §7.8)."""
+    upgrade = any(n.lower() == b"upgrade" for n, _ in headers)
+    return upgrade and any(
+        t.strip(b" \t").lower() == b"upgrade"
+        for n, v in headers
+        if n.lower() == b"connection"
+        for t in v.split(b",")
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _h11_responses(
+    data: bytes, asks: tuple[tuple[bytes, bool], ...]
+) -> tuple[tuple[_Framed, ...], str]:
+    """The responses h11, as the client, frames in what tlsgate wrote to the client, and
+    why it stopped ("" for no error).
+
+    Before each response h11 "sends" the request it answers -- ``asks[i]`` (see
+    :func:`_h11_ask`), a GET for an error answer beyond them -- so that a response to
+    HEAD has no body and a 101 is allowed only after an upgrade request; a 101 ends the
+    parse (the rest is the tunnel's, not HTTP). A response cut short at the end is no
+    error (no EOF is fed): the client-side checker says when that is allowed; a
+    close-delimited body stays incomplete, with every byte in it.
+    """
+    conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=_H11_MAX_HEAD)
+    if data:
+        conn.receive_data(data)
+    seen: list[_Framed] = []
+    asked = False
+    while True:
+        if not asked:
+            if not conn.trailing_data[0]:
+                return tuple(seen), ""
+            i = len(seen)
+            conn.send(_h11_fake_request(*(asks[i] if i < len(asks) else (b"GET", False))))
+            conn.send(_H11_END)
+            asked = True
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError as exc:
+            return tuple(seen), f"h11: {exc} (after {len(seen)} responses)"
+        if event is h11.NEED_DATA:
+            return tuple(seen), ""
+        if isinstance(event, h11.InformationalResponse):
+            if event.status_code == 101:
+                seen.append(_Framed(status=101, complete=True))
+                return tuple(seen), ""
+        elif isinstance(event, h11.Response):
+            seen.append(_Framed(status=event.status_code))
+        elif isinstance(event, h11.Data):
+            seen[-1].body += event.data
+        elif isinstance(event, h11.EndOfMessage):
+            seen[-1].complete = True
+        elif event is h11.PAUSED:
+            try:
+                conn.start_next_cycle()
+            except h11.LocalProtocolError:
+                rest = conn.trailing_data[0]
+                return (
+                    tuple(seen),
+                    f"h11: {len(rest)} bytes after a response that closes: {rest[:80]!r}",
+                )
+            asked = False
 
 
 def run(data: bytes, *, answer: bool) -> Driver:

@@ -10,6 +10,13 @@ well-behaved app server (``_fuzzhttp.RESPONSES``). Checked at the end: no
 exception escapes, the client gets well-formed responses or a close, the
 upstream transports get exactly the client's requests (nothing smuggled),
 and the connection ends once every timeout has passed.
+
+The upstream bytes are checked by two parsers: llhttp (tlsgate's own, which
+the answering app side uses too) and h11 as an app server that frames by
+Content-Length and Transfer-Encoding alone; both must see the same requests,
+h11 must accept every byte (``_fuzzhttp.Driver._check_upstream_side_h11``).
+An upgrade request whose announced body never followed it upstream was
+missed by llhttp alone: it ends such a request at its head, as tlsgate did.
 """
 
 from __future__ import annotations

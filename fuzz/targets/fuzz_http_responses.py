@@ -9,6 +9,12 @@ silence (format: ``_fuzzhttp``'s docstring). Checked at the end: no
 exception escapes, the client gets well-formed responses (or a 502/504, or
 a close), the upstream got exactly the client's requests, and the
 connection ends once every timeout has passed.
+
+What the client gets is checked by two parsers: a strict one that reads it
+as tlsgate writes it, and h11 as a client that knows each request's method
+(a response to HEAD has no body) and whether it proposed an upgrade; both
+must see the same responses, and h11 must accept every byte up to a 101
+(``_fuzzhttp.Driver._check_client_side_h11``).
 """
 
 from __future__ import annotations
