@@ -203,6 +203,35 @@ def test_the_next_burst_is_measured_from_the_count_after_the_trim(trims: list[in
     assert trims == [1]
 
 
+def test_a_steady_load_is_trimmed_once_a_minute(trims: list[int]) -> None:
+    """Bodies relayed through a few steady connections fragment the heap too."""
+    live = Live()
+    live.n = 10
+    t = trimmer(live)  # interval 1 s, every 60 s
+    for _ in range(59):
+        assert not t.check()
+    assert t.check()  # the 60th sample: a minute without a trim
+    for _ in range(59):
+        assert not t.check()
+    assert t.check()
+    assert trims == [1, 1]
+
+
+def test_a_burst_trim_starts_the_minute_over(trims: list[int]) -> None:
+    live = Live()
+    t = trimmer(live)
+    for _ in range(30):
+        t.check()
+    for n in (1000, 0, 0):
+        live.n = n
+        t.check()
+    assert trims == [1]
+    for _ in range(59):
+        assert not t.check()
+    assert t.check()  # a minute after the burst's trim, not after the start
+    assert trims == [1, 1]
+
+
 @pytest.mark.skipif(memory._malloc_trim is None, reason="no malloc_trim: start() does nothing")
 def test_start_samples_every_interval_and_stop_ends_it(trims: list[int]) -> None:
     live, loop = Live(), FakeLoop()
@@ -226,3 +255,8 @@ def test_start_samples_every_interval_and_stop_ends_it(trims: list[int]) -> None
 def test_malloc_trim_and_rss_work_on_this_system() -> None:
     assert rss_bytes() > 0
     assert malloc_trim() == (memory._malloc_trim is not None)
+
+
+def test_the_mmap_threshold_can_be_fixed_on_this_system() -> None:
+    # glibc (Debian): large buffers get their own mappings from then on
+    assert memory.fix_mmap_threshold() == (memory._malloc_trim is not None)
