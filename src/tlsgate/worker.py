@@ -63,7 +63,7 @@ from tlsgate.logs import AccessLog, setup_error_log
 from tlsgate.net.context import Drainable
 from tlsgate.net.deadlines import Deadlines
 from tlsgate.net.listener import ACME_TLS_ALPN, Closable, serve
-from tlsgate.net.memory import HeapTrimmer, fix_mmap_threshold
+from tlsgate.net.memory import HeapTrimmer
 from tlsgate.net.poller import Poller
 from tlsgate.net.runtime import Runtime
 
@@ -356,9 +356,9 @@ async def _main(ipc_fd: int, slot: int) -> int:
     # Ctrl-C reaches the whole process group; the supervisor decides what happens.
     loop.add_signal_handler(signal.SIGINT, lambda: None)
     loop.add_signal_handler(signal.SIGHUP, lambda: None)
-    # large buffers in their own mappings, and after a burst of connections (or once a
-    # minute) the freed C heap given back to the kernel
-    fix_mmap_threshold()
+    # after a burst of connections (or once a minute) the freed C heap given back to
+    # the kernel. (Not a fixed mmap threshold: every TLS read would then mmap and munmap
+    # its 256 KiB buffer: measured, +32 µs of kernel time per keep-alive request.)
     trimmer = HeapTrimmer(loop, lambda: len(worker.connections))
     trimmer.start()
     await worker.done
