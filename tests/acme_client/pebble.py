@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import socket
 import subprocess
 import time
@@ -31,10 +32,26 @@ PEBBLE = "/usr/bin/pebble"
 CHALLTESTSRV = "/usr/bin/pebble-challtestsrv"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A port free on 127.0.0.1, never handed out before in this process.
+
+    From below the kernel's ephemeral range (32768 on Debian): binding to 0
+    may return the port just closed, and an outgoing connection's source port
+    may take an ephemeral one before Pebble binds it.
+    """
+    while True:
+        port = random.randrange(10000, 32768)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
         return port
 
 
