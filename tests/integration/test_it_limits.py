@@ -1,9 +1,12 @@
 """Connection limits on an https listener: ``tls_handshake_timeout`` and ``max_connections``.
 
 A client that opens a TCP connection and never starts (or finishes) its TLS
-handshake is closed after ``tls_handshake_timeout``; a connection beyond a
-listener's ``max_connections`` (per worker) is answered ``503`` and closed,
-while the ones already open go on being served.
+handshake is closed after ``tls_handshake_timeout``. ``max_connections`` (per
+worker) counts connections from their accept on, handshakes included: a full
+listener stops accepting, so a connection beyond it waits in the accept queue
+until one closes (the ones open go on being served), and while it is full a
+connection that has spent over a second in its handshake is dropped for the next
+one waiting.
 """
 
 from __future__ import annotations
@@ -28,11 +31,9 @@ class Stack:
     tls: ssl.SSLContext
 
 
-@pytest.fixture(scope="module")
-def stack(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    app = AppServer("limits").start()
-    port = free_port()
-    config = (
+def limits_config(pki: Pki, app: AppServer, port: int, handshake_timeout: str) -> str:
+    """An https listener on ``port`` with ``max_connections`` 2."""
+    return (
         pki.toml()
         + table(
             "listeners",
@@ -41,12 +42,18 @@ def stack(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
             protocol="https",
             backend="app",
             default_certificate="main-ecdsa",
-            tls_handshake_timeout="1s",
+            tls_handshake_timeout=handshake_timeout,
             max_connections=2,
         )
         + table("backends", name="app", servers=[app.address])
     )
-    gate = Tlsgate(tmp_path_factory.mktemp("limits"), config)
+
+
+@pytest.fixture(scope="module")
+def stack(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    app = AppServer("limits").start()
+    port = free_port()
+    gate = Tlsgate(tmp_path_factory.mktemp("limits"), limits_config(pki, app, port, "1s"))
     try:
         gate.start()
         yield Stack(gate, port, client_context(pki.ca_pem))
@@ -79,21 +86,57 @@ def test_a_handshake_cut_short_is_closed_too(stack: Stack) -> None:
         assert closed_within(half, 5)
 
 
-def test_a_connection_beyond_max_connections_gets_503(stack: Stack) -> None:
-    with (
-        RawConn(stack.port, tls=stack.tls, server_hostname="localhost") as one,
-        RawConn(stack.port, tls=stack.tls, server_hostname="localhost") as two,
-    ):
+def test_a_connection_beyond_max_connections_waits_for_a_free_slot(stack: Stack) -> None:
+    one = RawConn(stack.port, tls=stack.tls, server_hostname="localhost")
+    with RawConn(stack.port, tls=stack.tls, server_hostname="localhost") as two:
         for c in (one, two):
             c.send(request_bytes("GET", "/echo", "localhost"))
             assert c.read_response().status == 200
-        with RawConn(stack.port, tls=stack.tls, server_hostname="localhost") as three:
-            three.send(request_bytes("GET", "/echo", "localhost"))
-            resp = three.read_response()
-            assert resp.status == 503
-            assert three.closed_by_peer(5)
-        # the two already open are still served
-        for c in (one, two):
-            c.send(request_bytes("GET", "/echo", "localhost"))
-            assert c.read_response().status == 200
-    assert "max_connections (2) reached" in stack.gate.error_log_text()
+        raw = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
+        three = stack.tls.wrap_socket(
+            raw, server_hostname="localhost", do_handshake_on_connect=False
+        )
+        try:
+            three.settimeout(1.5)
+            with pytest.raises(TimeoutError):
+                three.do_handshake()  # not accepted: it waits in the kernel's queue
+            # the two open are served meanwhile
+            for c in (one, two):
+                c.send(request_bytes("GET", "/echo", "localhost"))
+                assert c.read_response().status == 200
+            one.close()  # a slot frees: the waiting connection is accepted
+            three.settimeout(5)
+            three.do_handshake()
+            three.sendall(request_bytes("GET", "/echo", "localhost"))
+            assert three.recv(12) == b"HTTP/1.1 200"
+        finally:
+            three.close()
+    assert "max_connections (2) reached; new connections wait" in stack.gate.error_log_text()
+
+
+def test_a_full_listener_sheds_a_handshake_that_is_overdue(
+    pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    app = AppServer("shed").start()
+    port = free_port()
+    gate = Tlsgate(tmp_path_factory.mktemp("shed"), limits_config(pki, app, port, "30s"))
+    try:
+        gate.start()
+        tls = client_context(pki.ca_pem)
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as silent1,
+            socket.create_connection(("127.0.0.1", port), timeout=10) as silent2,
+        ):
+            time.sleep(0.2)  # both accepted, in their handshakes: the listener is full
+            started = time.monotonic()
+            with RawConn(port, tls=tls, server_hostname="localhost") as good:
+                good.send(request_bytes("GET", "/echo", "localhost"))
+                assert good.read_response().status == 200
+                took = time.monotonic() - started
+                # the oldest silent one made room after about a second, not 30
+                assert 0.5 <= took < 5, took
+                assert closed_within(silent1, 1)
+                assert not closed_within(silent2, 0.3)  # no more than the one needed
+    finally:
+        gate.kill()
+        app.stop()

@@ -75,7 +75,7 @@ import httptools
 from tlsgate.errors import ClientProtocolError
 from tlsgate.net.context import ServeContext
 from tlsgate.net.deadlines import INF
-from tlsgate.net.exchange import DONE, WAITING, Exchange, new_request_id
+from tlsgate.net.exchange import DONE, WAITING, Exchange
 from tlsgate.net.runtime import ListenerRuntime
 from tlsgate.net.upstream import Headers, UpstreamConnection
 from tlsgate.proto import http1
@@ -242,21 +242,9 @@ class ClientConnection(asyncio.Protocol):
                 if self.listener.certificates is not None:
                     self.sni = self.listener.certificates.sni_of(ssl_object)
         self._set_forwarding(peer_ip, peer_ip)
+        # (max_connections: the listener's Acceptor counts it from its accept on)
         self.listener.connections.add(self)
         self.ctx.connections.add(self)
-        if len(self.listener.connections) > self.limits.max_connections:
-            rid = new_request_id()
-            log.warning(
-                "listener %s: request %s: max_connections (%d) reached; refusing a connection "
-                "from %s",
-                self.listener.name,
-                rid,
-                self.limits.max_connections,
-                peer_ip,
-            )
-            self.write(http1.error_response(503, "", close=True, request_id=rid))
-            self._close()
-            return
         if self.draining or self.ctx.draining:
             self._close()
             return
@@ -285,7 +273,7 @@ class ClientConnection(asyncio.Protocol):
             self._watch = None
             self.ctx.deadlines.discard(watch)
             watch.conn = None
-        self.listener.connections.discard(self)
+        self.listener.release(self)
         self.ctx.connections.discard(self)
         if self.private_upstreams:
             for up in self.private_upstreams.values():

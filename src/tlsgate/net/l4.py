@@ -141,6 +141,10 @@ class Preamble:
         if not self.finished:
             self._finish(None, reason)
 
+    def cancel(self) -> None:
+        """A full listener sheds this connection (net.listener.Acceptor)."""
+        self.abort("shed: the listener is at max_connections and this preamble was overdue")
+
     def _readable(self, *, eof: bool) -> None:
         if self.finished:
             return
@@ -406,11 +410,9 @@ class L4Session:
 
     def start(self) -> None:
         lc = self.listener.config
+        # (max_connections: the listener's Acceptor counts it from its accept on)
         self.listener.connections.add(self)
         self.ctx.connections.add(self)
-        if len(self.listener.connections) > lc.limits.max_connections:
-            self.finish(f"max_connections ({lc.limits.max_connections}) reached")
-            return
         if lc.accept_proxy_protocol and not self.listener.is_trusted(self.peer[0]):
             self.finish(f"PROXY header expected from trusted_proxies only; {self.peer[0]} is not")
             return
@@ -664,7 +666,7 @@ class L4Session:
             self._drop_upstream()
         if self.server is not None:
             self.server.state.active -= 1
-        self.listener.connections.discard(self)
+        self.listener.release(self)
         self.ctx.connections.discard(self)
         self._access_log(self.reason + "; " + reason if self.reason else reason)
         # the splicer calls back into the session: without it the pair would be a cycle

@@ -2,17 +2,25 @@
 
 How this works: ``serve`` starts one accept path per listening socket:
 
-* ``http``/``https`` listeners that need nothing before HTTP or TLS starts use
-  the event loop's own server (``loop.create_server``): uvloop accepts in C and
-  hands each connection to a :class:`~tlsgate.net.http_proxy.ClientConnection`.
-* Listeners that must read something first use an :class:`Acceptor`, which
-  accepts on the loop and passes each socket on: ``tcp``/``tls-passthrough``
-  listeners to an :class:`~tlsgate.net.l4.L4Session`; http/https listeners that
-  take a PROXY header (TLS must not start before it is read) or, on https, while
-  an ACME TLS-ALPN-01 challenge is pending (RFC 8737), to a preamble reader that
-  peeks at the ClientHello first. With no challenge pending an https listener is
-  on the fast path; the worker switches the accept path when challenges come
-  and go.
+Each listening socket has an :class:`Acceptor`, which accepts on the loop and
+passes each socket on:
+
+* ``http``/``https`` listeners that need nothing before HTTP or TLS starts: to the
+  event loop's transport (``loop.connect_accepted_socket``, which does the TLS
+  handshake) and a :class:`~tlsgate.net.http_proxy.ClientConnection`;
+* ``tcp``/``tls-passthrough`` listeners: to an :class:`~tlsgate.net.l4.L4Session`;
+* http/https listeners that take a PROXY header (TLS must not start before it is
+  read) or, on https, while an ACME TLS-ALPN-01 challenge is pending (RFC 8737):
+  to a preamble reader that peeks at the ClientHello first. With no challenge
+  pending an https listener is on the direct path; the worker switches the accept
+  path when challenges come and go.
+
+``max_connections`` counts a connection from its accept to its close, its TLS
+handshake or preamble included. A full listener stops accepting (new connections
+wait in the kernel's accept queue, as with HAProxy's ``maxconn``) until one
+closes; while full, a connection that has spent more than ``SHED_AFTER`` in its
+handshake or preamble is dropped for the next one waiting (a connection flood of
+clients that never finish their handshake cannot hold the listener).
 
 The ``Acceptor`` backs off for a moment on EMFILE/ENFILE instead of spinning.
 """
@@ -26,7 +34,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from tlsgate.net.context import ServeContext
 from tlsgate.net.http_proxy import ClientConnection
@@ -39,6 +47,10 @@ log = logging.getLogger("tlsgate.listener")
 
 _ACCEPT_BATCH = 64
 _ACCEPT_BACKOFF = 0.5
+# a full listener drops a connection that has been opening for longer than this
+SHED_AFTER = 1.0
+_FULL_LOG_EVERY = 10.0
+INF = float("inf")
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 ACME_TLS_ALPN = "acme-tls/1"
@@ -64,67 +76,95 @@ async def serve(
     """
     lc = listener.config
     tls = lc.protocol == "https"
+    family = sock.family
     if lc.protocol in ("tcp", "tls-passthrough"):
 
-        def accept_l4(conn: RawSocket, peer: Address) -> None:
-            L4Session(ctx, listener, conn, peer).start()
+        def accept_l4(fd: int, peer: Any) -> None:
+            conn = RawSocket(family, socket.SOCK_STREAM, 0, fd)
+            conn.setblocking(False)
+            L4Session(ctx, listener, conn, _addr(peer)).start()
 
-        acceptor = Acceptor(ctx.loop, sock, lc.name, accept_l4)
-        acceptor.start()
-        return acceptor
-    want_hello = tls and tls_alpn01
-    if lc.accept_proxy_protocol or want_hello:
+        accept = accept_l4
+    elif lc.accept_proxy_protocol or (tls and tls_alpn01):
+        want_hello = tls and tls_alpn01
 
-        def accept_http(conn: RawSocket, peer: Address) -> None:
-            accept_http_with_preamble(ctx, listener, tls, conn, peer, want_hello=want_hello)
+        def accept_http(fd: int, peer: Any) -> None:
+            conn = RawSocket(family, socket.SOCK_STREAM, 0, fd)
+            conn.setblocking(False)
+            accept_http_with_preamble(ctx, listener, tls, conn, _addr(peer), want_hello=want_hello)
 
-        acceptor = Acceptor(ctx.loop, sock, lc.name, accept_http)
-        acceptor.start()
-        return acceptor
-    assert not tls or listener.certificates is not None
+        accept = accept_http
+    else:
+        assert not tls or listener.certificates is not None
+        context = listener.certificates.base_context if listener.certificates else None
 
-    def make() -> ClientConnection:
-        return ClientConnection(ctx, listener, tls)
+        def accept_direct(fd: int, peer: Any) -> None:
+            # the event loop's transports want the socket module's own sockets
+            conn = socket.socket(family, socket.SOCK_STREAM, 0, fd)
+            conn.setblocking(False)
+            start_http(ctx, listener, conn, None, context)
 
-    return await ctx.loop.create_server(
-        make,
-        sock=sock,
-        ssl=listener.certificates.base_context if listener.certificates else None,
-        ssl_handshake_timeout=lc.limits.tls_handshake_timeout if tls else None,
-        backlog=4096,
-    )
+        accept = accept_direct
+    acceptor = Acceptor(ctx.loop, sock, listener, accept)
+    acceptor.start()
+    return acceptor
 
 
 class Acceptor:
-    """Accepts connections on the event loop and passes each to ``on_accept``."""
+    """Accepts connections on the event loop and passes each to ``on_accept``.
+
+    ``on_accept`` gets the new descriptor and the peer address as ``accept(2)``
+    gave them.
+    """
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
-        name: str,
-        on_accept: Callable[[RawSocket, Address], None],
+        listener: ListenerRuntime,
+        on_accept: Callable[[int, Any], None],
     ) -> None:
         self.loop = loop
         self.sock = sock
-        self.name = name
+        self.fd = sock.fileno()
+        self.listener = listener
+        self.name = listener.name
         self.on_accept = on_accept
         self.closed = False
-        self._resume: _Cancellable | None = None
-        self.family = sock.family
+        self.reading = False
+        self._resume: _Cancellable | None = None  # the EMFILE back-off
+        self._retry: _Cancellable | None = None  # a full listener looks again
+        self._full_logged = -INF
         sock.setblocking(False)
         # accepted sockets inherit it: no setsockopt per connection
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def start(self) -> None:
-        self.loop.add_reader(self.sock.fileno(), self._ready)
+        if not self.closed and not self.reading:
+            self.loop.add_reader(self.fd, self._ready)
+            self.reading = True
+
+    def _stop(self) -> None:
+        if self.reading:
+            self.reading = False
+            self.loop.remove_reader(self.fd)
 
     def _ready(self) -> None:
-        for _ in range(_ACCEPT_BATCH):
+        listener = self.listener
+        limit = listener.config.limits.max_connections
+        for i in range(_ACCEPT_BATCH):
+            if len(listener.connections) + len(listener.opening) >= limit:
+                if i:
+                    # full again after accepting: if more wait, the socket is still
+                    # readable, and the next call may shed for one of them
+                    return
+                if not self._shed():
+                    self._full(limit)
+                    return
             try:
                 # the C accept: socket.socket.accept would wrap the descriptor in a
-                # Python-level socket.socket, and connections here become RawSockets
+                # Python-level socket.socket first
                 fd, peer = self.sock._accept()  # type: ignore[attr-defined]  # not in typeshed
             except (BlockingIOError, InterruptedError):
                 return
@@ -137,28 +177,73 @@ class Acceptor:
                         exc.strerror,
                         _ACCEPT_BACKOFF,
                     )
-                    self.loop.remove_reader(self.sock.fileno())
+                    self._stop()
                     self._resume = self.loop.call_later(_ACCEPT_BACKOFF, self._resume_accepting)
                 elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO):
                     log.warning("listener %s: accept failed: %s", self.name, exc)
                 return
-            conn = RawSocket(self.family, socket.SOCK_STREAM, 0, fd)
-            conn.setblocking(False)
-            self.on_accept(conn, _addr(peer))
+            self.on_accept(fd, peer)
+
+    def _shed(self) -> bool:
+        """Make room in a full listener: drop its oldest opening connection, if overdue.
+
+        Called when the socket is readable, so a connection waits for the room; at
+        most one is shed per call.
+        """
+        opening = self.listener.opening
+        if not opening:
+            return False
+        oldest = next(iter(opening))
+        if self.loop.time() - opening[oldest] < SHED_AFTER:
+            return False
+        del opening[oldest]
+        oldest.cancel()
+        return True
+
+    def _full(self, limit: int) -> None:
+        """Stop accepting until a connection closes (or an opening one is overdue)."""
+        self._stop()
+        self.listener.full.append(self)
+        if self._retry is None:
+            self._retry = self.loop.call_later(SHED_AFTER / 4, self._look_again)
+        now = self.loop.time()
+        if now - self._full_logged >= _FULL_LOG_EVERY:
+            self._full_logged = now
+            log.warning(
+                "listener %s: max_connections (%d) reached; new connections wait until one closes",
+                self.name,
+                limit,
+            )
+
+    def _look_again(self) -> None:
+        self._retry = None
+        with contextlib.suppress(ValueError):
+            self.listener.full.remove(self)
+        self.resume()
+
+    def resume(self) -> None:
+        """The listener has room again (``ListenerRuntime.resume_accepting``)."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._resume is None:  # not while backing off from EMFILE
+            self.start()
 
     def _resume_accepting(self) -> None:
         self._resume = None
-        if not self.closed:
-            self.start()
+        self.start()
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        if self._resume is not None:
-            self._resume.cancel()
+        for timer in (self._resume, self._retry):
+            if timer is not None:
+                timer.cancel()
+        with contextlib.suppress(ValueError):
+            self.listener.full.remove(self)
         with contextlib.suppress(ValueError, OSError):
-            self.loop.remove_reader(self.sock.fileno())
+            self._stop()
         self.sock.close()
 
 
@@ -190,6 +275,7 @@ def accept_http_with_preamble(
         return
 
     def done(proxy: ProxyHeader | None, hello: ClientHello | None, error: str | None) -> None:
+        listener.opened(preamble)
         if (want_proxy and proxy is None) or (error is not None and not error.startswith("bad")):
             log.info("listener %s: closing a connection from %s: %s", lc.name, peer[0], error)
             ctx.poller.forget(sock.fileno())
@@ -205,9 +291,9 @@ def accept_http_with_preamble(
         # the event loop's transports want the socket module's own sockets
         family = sock.family
         handed = socket.socket(family, socket.SOCK_STREAM, 0, fileno=sock.detach())
-        ctx.spawn(_start_http(ctx, listener, handed, proxy, context))
+        start_http(ctx, listener, handed, proxy, context)
 
-    Preamble(
+    preamble = Preamble(
         ctx.poller,
         ctx.deadlines,
         sock,
@@ -216,7 +302,25 @@ def accept_http_with_preamble(
         max_hello=lc.limits.max_client_hello_size,
         timeout=lc.limits.header_timeout,
         on_done=done,
-    ).start()
+    )
+    listener.opening[preamble] = ctx.loop.time()
+    preamble.start()
+
+
+def start_http(
+    ctx: ServeContext,
+    listener: ListenerRuntime,
+    sock: socket.socket,
+    proxy: ProxyHeader | None,
+    context: ssl.SSLContext | None,
+) -> None:
+    """Hand an accepted socket to the event loop's transport: TLS handshake, then HTTP.
+
+    Until the handshake is done the connection is one of the listener's opening ones.
+    """
+    task = ctx.loop.create_task(_start_http(ctx, listener, sock, proxy, context))
+    listener.opening[task] = ctx.loop.time()
+    task.add_done_callback(listener.opened)
 
 
 async def _start_http(
@@ -237,4 +341,7 @@ async def _start_http(
     except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
         who = proxy.source if proxy is not None and proxy.source else "a client"
         log.info("listener %s: connection from %s failed: %s", lc.name, who, exc)
+        sock.close()
+    except asyncio.CancelledError:
+        # shed by a full listener (Acceptor._shed), or the worker stopping
         sock.close()

@@ -16,7 +16,7 @@ import ssl
 import time
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tlsgate.certs.bundle import CertificateBundle
 from tlsgate.certs.cache import CertificateCache, make_client_context
@@ -31,6 +31,18 @@ if TYPE_CHECKING:
     from tlsgate.net.upstream import UpstreamConnection
 
 _NOTHING: frozenset[str] = frozenset()
+
+
+class Cancellable(Protocol):
+    """A connection still opening: a handshake task, a preamble reader."""
+
+    def cancel(self) -> object: ...
+
+
+class Resumable(Protocol):
+    """An accept path that a full listener stopped (net.listener.Acceptor)."""
+
+    def resume(self) -> None: ...
 
 
 @dataclass(eq=False)
@@ -86,6 +98,34 @@ class ListenerRuntime:
     certificates: CertificateCache | None
     trusted: tuple[IPNetwork, ...]
     connections: set[object] = field(default_factory=set)
+    # accepted but not in ``connections`` yet (a TLS handshake, a PROXY header being
+    # read), oldest first, with when each was accepted: they count against
+    # max_connections too, and a full listener may shed the oldest (net.listener)
+    opening: dict[Cancellable, float] = field(default_factory=dict)
+    # the accept paths that stopped because the listener is full
+    full: list[Resumable] = field(default_factory=list)
+
+    def held(self) -> int:
+        """Connections that count against ``max_connections``: open and opening."""
+        return len(self.connections) + len(self.opening)
+
+    def release(self, conn: object) -> None:
+        """``conn`` closed: it leaves ``connections``, and a full listener accepts again."""
+        self.connections.discard(conn)
+        if self.full:
+            self.resume_accepting()
+
+    def opened(self, conn: Cancellable) -> None:
+        """``conn`` is opening no more (it is in ``connections`` now, or gone)."""
+        self.opening.pop(conn, None)
+        if self.full:
+            self.resume_accepting()
+
+    def resume_accepting(self) -> None:
+        if self.held() < self.config.limits.max_connections:
+            full, self.full = self.full, []
+            for acceptor in full:
+                acceptor.resume()
 
     @property
     def name(self) -> str:
