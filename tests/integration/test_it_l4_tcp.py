@@ -436,6 +436,29 @@ def test_connect_failure_reason_says_connection_refused(make_gate: GateFactory) 
 # --------------------------------------------------------------- limits, balancing
 
 
+def test_max_connections_per_client_closes_the_extra_one_at_once(
+    make_gate: GateFactory, servers: Callable[[Handler], TcpServer]
+) -> None:
+    server = servers(echo_then_bye)
+    gate, port = tcp_gate(make_gate, [server.address], max_connections_per_client=1)
+    with connect(port) as first:
+        first.sendall(b"x")
+        assert first.recv(1) == b"x"
+        with connect(port) as second:
+            assert closed_within(second, 5)  # the same address: closed at accept
+        with connect(port, source="127.0.0.3") as other:
+            other.sendall(b"o")
+            assert other.recv(1) == b"o"
+        first.sendall(b"y")
+        assert first.recv(1) == b"y"
+    assert len(server.conns) == 2
+    wait_until(lambda: len(gate.access_log_lines()) == 2, 10, what="both closes logged")
+    with connect(port) as again:  # its slot came back
+        again.sendall(b"z")
+        assert again.recv(1) == b"z"
+    assert "has max_connections_per_client (1) open" in gate.error_log_text()
+
+
 def test_max_connections_makes_the_one_too_many_wait(
     make_gate: GateFactory, servers: Callable[[Handler], TcpServer]
 ) -> None:

@@ -6,7 +6,8 @@ worker) counts connections from their accept on, handshakes included: a full
 listener stops accepting, so a connection beyond it waits in the accept queue
 until one closes (the ones open go on being served), and while it is full a
 connection that has spent over a second in its handshake is dropped for the next
-one waiting.
+one waiting. ``max_connections_per_client`` closes a client's connection at once,
+before any handshake, while that address has as many open.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ class Stack:
     tls: ssl.SSLContext
 
 
-def limits_config(pki: Pki, app: AppServer, port: int, handshake_timeout: str) -> str:
-    """An https listener on ``port`` with ``max_connections`` 2."""
+def limits_config(
+    pki: Pki, app: AppServer, port: int, handshake_timeout: str, **limits: int
+) -> str:
+    """An https listener on ``port`` with ``max_connections`` 2 (unless ``limits`` say)."""
     return (
         pki.toml()
         + table(
@@ -43,7 +46,7 @@ def limits_config(pki: Pki, app: AppServer, port: int, handshake_timeout: str) -
             backend="app",
             default_certificate="main-ecdsa",
             tls_handshake_timeout=handshake_timeout,
-            max_connections=2,
+            **({"max_connections": 2} | limits),
         )
         + table("backends", name="app", servers=[app.address])
     )
@@ -137,6 +140,42 @@ def test_a_full_listener_sheds_a_handshake_that_is_overdue(
                 assert 0.5 <= took < 5, took
                 assert closed_within(silent1, 1)
                 assert not closed_within(silent2, 0.3)  # no more than the one needed
+    finally:
+        gate.kill()
+        app.stop()
+
+
+def test_max_connections_per_client_closes_the_one_too_many_at_accept(
+    pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    app = AppServer("per-client").start()
+    port = free_port()
+    config = limits_config(pki, app, port, "10s", max_connections=10, max_connections_per_client=2)
+    gate = Tlsgate(tmp_path_factory.mktemp("per-client"), config)
+    tls = client_context(pki.ca_pem)
+
+    def served(conn: RawConn) -> bool:
+        conn.send(request_bytes("GET", "/echo", "localhost"))
+        return conn.read_response().status == 200
+
+    try:
+        gate.start()
+        one = RawConn(port, tls=tls, server_hostname="localhost")
+        with RawConn(port, tls=tls, server_hostname="localhost") as two:
+            assert served(one)
+            assert served(two)
+            with pytest.raises((ssl.SSLError, ConnectionError)):  # closed before its handshake
+                RawConn(port, tls=tls, server_hostname="localhost")
+            # another address is another client
+            with RawConn(port, tls=tls, server_hostname="localhost", source="127.0.0.2") as other:
+                assert served(other)
+            assert served(one)
+            assert served(two)
+            one.close()
+            time.sleep(0.2)
+            with RawConn(port, tls=tls, server_hostname="localhost") as again:
+                assert served(again)
+        assert "127.0.0.1 has max_connections_per_client (2) open" in gate.error_log_text()
     finally:
         gate.kill()
         app.stop()

@@ -128,6 +128,7 @@ _LIMIT_KEYS = (
     "send_timeout",
     "max_headers",
     "max_connections",
+    "max_connections_per_client",
     "max_client_hello_size",
     "connect_idle_timeout",
 )
@@ -1774,6 +1775,7 @@ class _Loader:
             send_timeout=table.duration("send_timeout", 60.0),
             max_headers=table.integer("max_headers", 100, minimum=1),
             max_connections=table.integer("max_connections", 10_000, minimum=1),
+            max_connections_per_client=table.integer("max_connections_per_client", 0, minimum=0),
             max_client_hello_size=table.size(
                 "max_client_hello_size",
                 16 * 1024,

@@ -132,6 +132,8 @@ class ListenerLimits:
     # for it full (slow readers), and after a close the time it has to take the rest
     send_timeout: float = 60.0
     max_connections: int = 10_000  # per listener, per worker
+    # per listener, per worker, per client address (IPv6: per /64); 0 = no limit
+    max_connections_per_client: int = 0
     tls_handshake_timeout: float = 10.0
     # tcp / tls-passthrough listeners (and the PROXY header on any listener)
     max_client_hello_size: int = 16 * 1024  # tls-passthrough: larger ClientHellos are refused

@@ -138,10 +138,13 @@ class ClientConnection(asyncio.Protocol):
         tls: bool,
         *,
         proxy: ProxyHeader | None = None,
+        client_slot: str | None = None,
     ) -> None:
         self.ctx = ctx
         self.loop = ctx.loop
         self.listener = listener
+        # its max_connections_per_client key, given back once (release_client)
+        self.client_slot = client_slot
         self.limits = listener.config.limits
         # the response head limits each exchange hands its upstream connection
         self.max_header_size = self.limits.max_header_size
@@ -250,6 +253,12 @@ class ClientConnection(asyncio.Protocol):
             return
         self._wait(_WAIT_HEAD)
 
+    def release_client(self) -> None:
+        """Give the ``max_connections_per_client`` key back (once)."""
+        slot, self.client_slot = self.client_slot, None
+        if slot is not None:
+            self.listener.client_left(slot)
+
     def _set_forwarding(self, client_ip: str, peer_ip: str) -> None:
         lc = self.listener.config
         self.fwd = http1.ForwardingContext(
@@ -275,6 +284,8 @@ class ClientConnection(asyncio.Protocol):
             watch.conn = None
         self.listener.release(self)
         self.ctx.connections.discard(self)
+        if self.client_slot is not None:
+            self.release_client()
         if self.private_upstreams:
             for up in self.private_upstreams.values():
                 up.close()

@@ -383,12 +383,15 @@ class L4Session:
         listener: ListenerRuntime,
         sock: RawSocket,
         peer: Address,
+        *,
+        client_slot: str | None = None,
     ) -> None:
         self.ctx = ctx
         self.listener = listener
         self.sock = sock
         self.fd = sock.fileno()
         self.peer = peer
+        self.client_slot = client_slot  # its max_connections_per_client key
         self.client = peer
         self.proxy: ProxyHeader | None = None
         self.hello: ClientHello | None = None
@@ -668,6 +671,9 @@ class L4Session:
             self.server.state.active -= 1
         self.listener.release(self)
         self.ctx.connections.discard(self)
+        if self.client_slot is not None:
+            self.listener.client_left(self.client_slot)
+            self.client_slot = None
         self._access_log(self.reason + "; " + reason if self.reason else reason)
         # the splicer calls back into the session: without it the pair would be a cycle
         # left for the garbage collector, one per connection

@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -51,6 +52,7 @@ _ACCEPT_BACKOFF = 0.5
 SHED_AFTER = 1.0
 _FULL_LOG_EVERY = 10.0
 INF = float("inf")
+_V4_MAPPED = bytes(10) + b"\xff\xff"
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 ACME_TLS_ALPN = "acme-tls/1"
@@ -79,30 +81,32 @@ async def serve(
     family = sock.family
     if lc.protocol in ("tcp", "tls-passthrough"):
 
-        def accept_l4(fd: int, peer: Any) -> None:
+        def accept_l4(fd: int, peer: Any, client: str | None) -> None:
             conn = RawSocket(family, socket.SOCK_STREAM, 0, fd)
             conn.setblocking(False)
-            L4Session(ctx, listener, conn, _addr(peer)).start()
+            L4Session(ctx, listener, conn, _addr(peer), client_slot=client).start()
 
         accept = accept_l4
     elif lc.accept_proxy_protocol or (tls and tls_alpn01):
         want_hello = tls and tls_alpn01
 
-        def accept_http(fd: int, peer: Any) -> None:
+        def accept_http(fd: int, peer: Any, client: str | None) -> None:
             conn = RawSocket(family, socket.SOCK_STREAM, 0, fd)
             conn.setblocking(False)
-            accept_http_with_preamble(ctx, listener, tls, conn, _addr(peer), want_hello=want_hello)
+            accept_http_with_preamble(
+                ctx, listener, tls, conn, _addr(peer), want_hello=want_hello, client=client
+            )
 
         accept = accept_http
     else:
         assert not tls or listener.certificates is not None
         context = listener.certificates.base_context if listener.certificates else None
 
-        def accept_direct(fd: int, peer: Any) -> None:
+        def accept_direct(fd: int, peer: Any, client: str | None) -> None:
             # the event loop's transports want the socket module's own sockets
             conn = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             conn.setblocking(False)
-            start_http(ctx, listener, conn, None, context)
+            start_http(ctx, listener, conn, None, context, client=client)
 
         accept = accept_direct
     acceptor = Acceptor(ctx.loop, sock, listener, accept)
@@ -113,8 +117,10 @@ async def serve(
 class Acceptor:
     """Accepts connections on the event loop and passes each to ``on_accept``.
 
-    ``on_accept`` gets the new descriptor and the peer address as ``accept(2)``
-    gave them.
+    ``on_accept`` gets the new descriptor, the peer address as ``accept(2)`` gave
+    it, and the client key the connection counts against for
+    ``max_connections_per_client`` (None: not counted); whoever ends the connection
+    gives the key back with ``ListenerRuntime.client_left``.
     """
 
     def __init__(
@@ -122,7 +128,7 @@ class Acceptor:
         loop: asyncio.AbstractEventLoop,
         sock: socket.socket,
         listener: ListenerRuntime,
-        on_accept: Callable[[int, Any], None],
+        on_accept: Callable[[int, Any, str | None], None],
     ) -> None:
         self.loop = loop
         self.sock = sock
@@ -135,6 +141,8 @@ class Acceptor:
         self._resume: _Cancellable | None = None  # the EMFILE back-off
         self._retry: _Cancellable | None = None  # a full listener looks again
         self._full_logged = -INF
+        self._refused_logged = -INF
+        self._refused = 0  # connections refused by max_connections_per_client, not logged yet
         sock.setblocking(False)
         # accepted sockets inherit it: no setsockopt per connection
         with contextlib.suppress(OSError):
@@ -182,7 +190,18 @@ class Acceptor:
                 elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO):
                     log.warning("listener %s: accept failed: %s", self.name, exc)
                 return
-            self.on_accept(fd, peer)
+            client: str | None = None
+            per_client = listener.config.limits.max_connections_per_client
+            if per_client:
+                client = client_key(listener, peer[0])
+                if client is not None:
+                    n = listener.per_client.get(client, 0)
+                    if n >= per_client:
+                        os.close(fd)
+                        self._refuse(client, per_client)
+                        continue
+                    listener.per_client[client] = n + 1
+            self.on_accept(fd, peer, client)
 
     def _shed(self) -> bool:
         """Make room in a full listener: drop its oldest opening connection, if overdue.
@@ -199,6 +218,22 @@ class Acceptor:
         del opening[oldest]
         oldest.cancel()
         return True
+
+    def _refuse(self, client: str, limit: int) -> None:
+        """A connection over ``max_connections_per_client`` was closed at once."""
+        self._refused += 1
+        now = self.loop.time()
+        if now - self._refused_logged >= _FULL_LOG_EVERY:
+            self._refused_logged = now
+            log.warning(
+                "listener %s: %s has max_connections_per_client (%d) open; closed %d new "
+                "connection(s) from over-limit clients at accept",
+                self.name,
+                client,
+                limit,
+                self._refused,
+            )
+            self._refused = 0
 
     def _full(self, limit: int) -> None:
         """Stop accepting until a connection closes (or an opening one is overdue)."""
@@ -247,6 +282,24 @@ class Acceptor:
         self.sock.close()
 
 
+def client_key(listener: ListenerRuntime, host: str) -> str | None:
+    """What ``max_connections_per_client`` counts a peer as: its address, an IPv6 /64.
+
+    None for a trusted proxy (``trusted_proxies``): it carries many clients.
+    """
+    if listener.trusted and listener.is_trusted(host):
+        return None
+    if ":" not in host:
+        return host
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
+    except OSError:
+        return host
+    if packed[:12] == _V4_MAPPED:
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return socket.inet_ntop(socket.AF_INET6, packed[:8] + bytes(8)) + "/64"
+
+
 def accept_http_with_preamble(
     ctx: ServeContext,
     listener: ListenerRuntime,
@@ -255,6 +308,7 @@ def accept_http_with_preamble(
     peer: Address,
     *,
     want_hello: bool,
+    client: str | None = None,
 ) -> None:
     """An http/https listener that must read before HTTP or TLS starts.
 
@@ -272,6 +326,8 @@ def accept_http_with_preamble(
             peer[0],
         )
         sock.close()
+        if client is not None:
+            listener.client_left(client)
         return
 
     def done(proxy: ProxyHeader | None, hello: ClientHello | None, error: str | None) -> None:
@@ -280,6 +336,8 @@ def accept_http_with_preamble(
             log.info("listener %s: closing a connection from %s: %s", lc.name, peer[0], error)
             ctx.poller.forget(sock.fileno())
             sock.close()
+            if client is not None:
+                listener.client_left(client)
             return
         ctx.poller.remove(sock.fileno())  # the event loop's transport takes the socket over
         # a malformed ClientHello is left for OpenSSL to refuse with a proper alert
@@ -291,7 +349,7 @@ def accept_http_with_preamble(
         # the event loop's transports want the socket module's own sockets
         family = sock.family
         handed = socket.socket(family, socket.SOCK_STREAM, 0, fileno=sock.detach())
-        start_http(ctx, listener, handed, proxy, context)
+        start_http(ctx, listener, handed, proxy, context, client=client)
 
     preamble = Preamble(
         ctx.poller,
@@ -313,12 +371,15 @@ def start_http(
     sock: socket.socket,
     proxy: ProxyHeader | None,
     context: ssl.SSLContext | None,
+    *,
+    client: str | None = None,
 ) -> None:
     """Hand an accepted socket to the event loop's transport: TLS handshake, then HTTP.
 
     Until the handshake is done the connection is one of the listener's opening ones.
+    ``client``: its ``max_connections_per_client`` key, given back when it closes.
     """
-    task = ctx.loop.create_task(_start_http(ctx, listener, sock, proxy, context))
+    task = ctx.loop.create_task(_start_http(ctx, listener, sock, proxy, context, client=client))
     listener.opening[task] = ctx.loop.time()
     task.add_done_callback(listener.opened)
 
@@ -329,11 +390,21 @@ async def _start_http(
     sock: socket.socket,
     proxy: ProxyHeader | None,
     context: ssl.SSLContext | None,
+    *,
+    client: str | None,
 ) -> None:
     lc = listener.config
+    tls = context is not None
+    made: list[ClientConnection] = []
+
+    def make() -> ClientConnection:
+        conn = ClientConnection(ctx, listener, tls, proxy=proxy, client_slot=client)
+        made.append(conn)
+        return conn
+
     try:
         await ctx.loop.connect_accepted_socket(
-            lambda: ClientConnection(ctx, listener, context is not None, proxy=proxy),
+            make,
             sock=sock,
             ssl=context,
             ssl_handshake_timeout=lc.limits.tls_handshake_timeout if context else None,
@@ -342,6 +413,18 @@ async def _start_http(
         who = proxy.source if proxy is not None and proxy.source else "a client"
         log.info("listener %s: connection from %s failed: %s", lc.name, who, exc)
         sock.close()
+        _never_made(listener, made, client)
     except asyncio.CancelledError:
         # shed by a full listener (Acceptor._shed), or the worker stopping
         sock.close()
+        _never_made(listener, made, client)
+
+
+def _never_made(
+    listener: ListenerRuntime, made: list[ClientConnection], client: str | None
+) -> None:
+    """The handshake failed: the connection's client key goes back."""
+    if made:
+        made[0].release_client()
+    elif client is not None:
+        listener.client_left(client)

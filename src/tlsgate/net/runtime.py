@@ -104,6 +104,8 @@ class ListenerRuntime:
     opening: dict[Cancellable, float] = field(default_factory=dict)
     # the accept paths that stopped because the listener is full
     full: list[Resumable] = field(default_factory=list)
+    # max_connections_per_client: connections open per client key (net.listener.client_key)
+    per_client: dict[str, int] = field(default_factory=dict)
 
     def held(self) -> int:
         """Connections that count against ``max_connections``: open and opening."""
@@ -120,6 +122,14 @@ class ListenerRuntime:
         self.opening.pop(conn, None)
         if self.full:
             self.resume_accepting()
+
+    def client_left(self, key: str) -> None:
+        """A connection counted against ``max_connections_per_client`` closed."""
+        n = self.per_client.get(key, 0) - 1
+        if n > 0:
+            self.per_client[key] = n
+        else:
+            self.per_client.pop(key, None)
 
     def resume_accepting(self) -> None:
         if self.held() < self.config.limits.max_connections:

@@ -352,6 +352,7 @@ key_file = "/x.key"
             max_body_size='"10MB"',
             max_headers="50",
             max_connections="1000",
+            max_connections_per_client="20",
         )
     )
     config = parse_config(text, SOURCE)
@@ -381,6 +382,7 @@ key_file = "/x.key"
     )
     assert (limits.max_header_size, limits.max_body_size) == (32 * 1024, 10_000_000)
     assert (limits.max_headers, limits.max_connections) == (50, 1000)
+    assert limits.max_connections_per_client == 20
 
 
 def test_backend_keys_map_onto_the_model() -> None:
@@ -787,6 +789,7 @@ def test_out_of_range_and_bad_backend_values(key: str, value: str, fragment: str
         ("max_body_size", "true", "expected a size like '64KiB'"),
         ("max_headers", "0", "expected an integer >= 1"),
         ("max_connections", '"many"', "expected an integer, got string 'many'"),
+        ("max_connections_per_client", "-1", "expected an integer >= 0"),
         ("idle_timeout", "60", 'write idle_timeout = "60s"'),
         (
             "max_client_hello_size",
@@ -2305,6 +2308,7 @@ KNOWN_KEYS = sorted(
         "redirect_https", "redirect_port", "default_certificate", "min_tls_version",
         "header_timeout", "idle_timeout", "tls_handshake_timeout", "max_header_size",
         "max_body_size", "max_headers", "max_connections", "listener", "hosts",
+        "max_connections_per_client",
         "path_prefix", "servers", "balance", "discover", "tls", "ca_file", "server_name",
         "client_cert", "send_proxy_protocol", "health", "connect_timeout", "read_timeout",
         "pool_idle_timeout", "fail_timeout", "retries", "max_idle_per_server", "max_fails",

@@ -1,0 +1,105 @@
+"""What a listener counts for its connection limits (``net.listener``, ``net.runtime``).
+
+``max_connections_per_client`` counts a client by its address (an IPv6 client by its
+/64, an IPv4-mapped one as the IPv4 address), never a trusted proxy, which carries
+many clients; a key goes away when its last connection closes. ``held`` counts
+opening connections (handshakes, preambles) with the established ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tlsgate.net.listener import client_key
+from tlsgate.net.runtime import ListenerRuntime
+from tlsgate.net.testing import Harness
+
+CONFIG = """
+[[listeners]]
+name = "web"
+bind = ["127.0.0.1:8080"]
+protocol = "http"
+backend = "app"
+trusted_proxies = ["10.0.0.0/8", "2001:db8:ff::/48"]
+max_connections = 3
+max_connections_per_client = 2
+
+[[backends]]
+name = "app"
+servers = ["127.0.0.1:9000"]
+"""
+
+
+@pytest.fixture
+def listener() -> Iterator[ListenerRuntime]:
+    harness = Harness(CONFIG)
+    yield harness.listener
+    harness.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::ffff:198.51.100.4", "198.51.100.4"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("10.1.2.3", None),  # a trusted proxy
+        ("2001:db8:ff:1::5", None),
+    ],
+)
+def test_a_client_is_counted_by_its_address_or_its_ipv6_64(
+    listener: ListenerRuntime, host: str, key: str | None
+) -> None:
+    assert client_key(listener, host) == key
+
+
+def test_a_key_goes_when_its_last_connection_closes(listener: ListenerRuntime) -> None:
+    listener.per_client["192.0.2.7"] = 2
+    listener.client_left("192.0.2.7")
+    assert listener.per_client == {"192.0.2.7": 1}
+    listener.client_left("192.0.2.7")
+    assert listener.per_client == {}
+    listener.client_left("192.0.2.7")  # never below zero, never a negative entry
+    assert listener.per_client == {}
+
+
+class Task:
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+
+class Acceptor:
+    def __init__(self) -> None:
+        self.resumed = 0
+
+    def resume(self) -> None:
+        self.resumed += 1
+
+
+def test_opening_connections_count_and_a_close_resumes_a_full_listener(
+    listener: ListenerRuntime,
+) -> None:
+    a, b = object(), object()
+    opening = Task()
+    listener.connections.update((a, b))
+    listener.opening[opening] = 0.0
+    assert listener.held() == 3  # == max_connections: full
+    acceptor = Acceptor()
+    listener.full.append(acceptor)
+    listener.opened(opening)  # its handshake failed: room for one
+    assert (listener.held(), acceptor.resumed, listener.full) == (2, 1, [])
+    listener.connections.add(opening)  # full again
+    listener.full.append(acceptor)
+    listener.release(object())  # not one of ours: still full
+    assert acceptor.resumed == 1
+    listener.release(a)
+    assert (listener.held(), acceptor.resumed) == (2, 2)
