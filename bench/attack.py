@@ -2,8 +2,8 @@
 
 What it answers (issue 8): while an attacker holds or churns connections -- slowloris
 heads, slow POST bodies, slow readers, 10,000 idle connections (TLS and plain TCP), a
-connection flood beyond the connection limit, a TLS handshake flood, descriptor
-exhaustion (EMFILE) -- do well-behaved clients keep >= 80 % of their requests/s with a p99
+connection flood beyond the connection limit (and the same from one other address
+under a per-client limit), a TLS handshake flood, descriptor exhaustion (EMFILE) -- do well-behaved clients keep >= 80 % of their requests/s with a p99
 within 2x, does the proxy's memory stay bounded, does it survive EMFILE?
 
 How it works: like ``make bench`` (``bench/run.py``), this process pins itself, the good
@@ -180,6 +180,7 @@ class Attack:
 
 
 DEFAULT_LIMIT = 12_000  # above 10,000 idle connections + the good clients
+FLOOD_PER_CLIENT = 100  # flood-client: connections one address may hold
 
 
 def _default(s: Settings) -> Limits:
@@ -266,6 +267,25 @@ ATTACKS: dict[str, Attack] = {
                 "--hold=1",
                 "--tls-fraction=0.5",
                 f"--connect-concurrency={s.flood_connections}",
+            ],
+            64 * KIB,
+            at_limit=True,
+        ),
+        Attack(
+            "flood-client",
+            lambda s: (
+                f"the same flood from one other address (127.0.0.2), with a per-client limit "
+                f"of {FLOOD_PER_CLIENT} connections (tlsgate max_connections_per_client, "
+                "HAProxy stick table, nginx limit_conn) on top of the flood's limit"
+            ),
+            lambda s: Limits(s.flood_limit, per_client=FLOOD_PER_CLIENT),
+            lambda s: [
+                "flood",
+                f"--count={s.flood_connections}",
+                "--hold=1",
+                "--tls-fraction=0.5",
+                f"--connect-concurrency={s.flood_connections}",
+                "--source=127.0.0.2",
             ],
             64 * KIB,
             at_limit=True,

@@ -135,8 +135,9 @@ def _wake(fut: asyncio.Future[bool], value: bool) -> None:
 class Net:
     """Awaitable readiness of raw descriptors, and the few socket operations built on it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, source: str = "") -> None:
         self.loop = loop
+        self.source = source  # connect from this address ("": any)
 
     async def ready(self, fd: int, *, write: bool, timeout: float | None) -> bool:
         """Wait until ``fd`` is readable (writable); False if ``timeout`` passed first."""
@@ -168,6 +169,8 @@ class Net:
             sock.setblocking(False)
             if rcvbuf:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            if self.source:
+                sock.bind((self.source, 0))
             rc = sock.connect_ex((HOST, port))
             if rc not in (0, errno.EINPROGRESS):
                 raise OSError(rc, os.strerror(rc))
@@ -312,6 +315,7 @@ class Options:
     ramp_timeout: float
     duration: float
     status_dir: Path
+    source: str = ""
 
 
 class Attacker:
@@ -320,7 +324,7 @@ class Attacker:
     def __init__(self, opts: Options, loop: asyncio.AbstractEventLoop) -> None:
         self.o = opts
         self.loop = loop
-        self.net = Net(loop)
+        self.net = Net(loop, opts.source)
         self.stats = Stats(opts.kind, opts.count)
         self.ctx = client_context()
         self.session: ssl.SSLSession | None = None
@@ -684,6 +688,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p.add_argument("--rate", type=float, default=0.0, help="handshake: per second, 0: no pacing")
     p.add_argument("--tls-fraction", type=float, default=0.5, help="flood: slots doing TLS")
     p.add_argument("--connect-concurrency", type=int, default=256, help="connects at once")
+    p.add_argument("--source", default="", help="the address to connect from (default: any)")
     p.add_argument("--ramp-timeout", type=float, default=30.0, help="seconds to reach --count")
     p.add_argument("--duration", type=float, default=300.0, help="stop after this many seconds")
     p.add_argument("--status-dir", type=Path, required=True, help="ready.json, final.json")
@@ -703,6 +708,7 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         ramp_timeout=a.ramp_timeout,
         duration=a.duration,
         status_dir=a.status_dir,
+        source=a.source,
     )
 
 

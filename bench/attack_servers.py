@@ -35,6 +35,9 @@ class Limits:
 
     max_connections: int
     nofile: int | None = None  # RLIMIT_NOFILE (soft = hard) to start the proxy with
+    # connections one client address may hold (0: no such limit): tlsgate's
+    # max_connections_per_client, HAProxy's stick table, nginx's limit_conn
+    per_client: int = 0
 
 
 KNOBS: dict[str, str] = {
@@ -58,7 +61,10 @@ KNOBS: dict[str, str] = {
     "request body in full before forwarding (as an upload handler would), so that the "
     "proxies' upstream connections wait for the trickling bodies",
     "limits": "max_connections / maxconn / worker_connections 12,000 (10,000 idle connections "
-    "and the good clients fit), 1,000 for the flood; EMFILE: 10,000 (tlsgate's default) with "
+    "and the good clients fit), 1,000 for the floods, and for flood-client 100 per client address "
+    "(tlsgate max_connections_per_client; HAProxy 'stick-table type ip store conn_cur', "
+    "'tcp-request connection reject if { sc0_conn_cur gt 100 }'; nginx limit_conn, which "
+    "counts a connection only once its request is read); EMFILE: 10,000 (tlsgate's default) with "
     "RLIMIT_NOFILE 1,024 (prlimit, soft = hard)",
 }
 
@@ -114,6 +120,7 @@ idle_timeout = "60s"
 body_timeout = "60s"
 body_min_rate = "500B"
 max_connections = {limits.max_connections}
+max_connections_per_client = {limits.per_client}
 
 [[backends]]
 name = "app"
@@ -142,6 +149,13 @@ def start_haproxy(
     # the EMFILE attack wants the limit to bite: let it start and warn instead.
     nofile = limits.nofile if limits.nofile is not None else fd_limit()
     strict = "" if 2 * n + 100 <= nofile else "    no strict-limits\n"
+    per_client = (
+        "    stick-table type ip size 100k store conn_cur\n"
+        "    tcp-request connection track-sc0 src\n"
+        f"    tcp-request connection reject if {{ sc0_conn_cur gt {limits.per_client} }}\n"
+        if limits.per_client
+        else ""
+    )
     cfg = fresh_dir(workdir, "haproxy") / "haproxy.cfg"
     cfg.write_text(
         f"""
@@ -163,7 +177,7 @@ defaults
 
 frontend https
     bind 127.0.0.1:{port} ssl crt {cert.combined} alpn http/1.1
-    http-request set-header X-Forwarded-Proto https
+{per_client}    http-request set-header X-Forwarded-Proto https
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
     http-request set-header X-Forwarded-Port %[dst_port]
     http-request set-header Forwarded "for=%[src];host=\\"%[req.hdr(host)]\\";proto=https"
@@ -188,6 +202,9 @@ def start_nginx(
 ) -> Proc:
     root = fresh_dir(workdir, "nginx")
     user = "user root;\n" if os.geteuid() == 0 else ""  # workers must read the temp dir
+    # nginx counts a client's connections once its request is read (after the handshake)
+    zone = "    limit_conn_zone $binary_remote_addr zone=perip:10m;\n" if limits.per_client else ""
+    limit_conn = f"        limit_conn perip {limits.per_client};\n" if limits.per_client else ""
     conf = f"""{user}worker_processes 1;
 pid {root}/nginx.pid;
 error_log {root}/error.log warn;
@@ -205,7 +222,7 @@ http {{
     client_body_timeout 60s;
     client_max_body_size 0;
     send_timeout 60s;
-    upstream app {{
+{zone}    upstream app {{
         server 127.0.0.1:{backend_port};
         keepalive 32;
     }}
@@ -216,7 +233,7 @@ http {{
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_tickets on;
         ssl_session_cache off;
-        location / {{
+{limit_conn}        location / {{
             proxy_pass http://app;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
