@@ -3,8 +3,9 @@
 What it answers (issue 8): while an attacker holds or churns connections -- slowloris
 heads, slow POST bodies, slow readers, 10,000 idle connections (TLS and plain TCP), a
 connection flood beyond the connection limit (and the same from one other address
-under a per-client limit), a TLS handshake flood, descriptor exhaustion (EMFILE) -- do well-behaved clients keep >= 80 % of their requests/s with a p99
-within 2x, does the proxy's memory stay bounded, does it survive EMFILE?
+under a per-client limit), a TLS handshake flood, descriptor exhaustion (EMFILE) -- do
+well-behaved clients keep >= 80 % of their requests/s with a p99 within 2x, does the
+proxy's memory stay bounded, does it survive EMFILE?
 
 How it works: like ``make bench`` (``bench/run.py``), this process pins itself, the good
 clients, the attacker and the backend nginx to the load core and each proxy to the proxy
@@ -187,6 +188,16 @@ def _default(s: Settings) -> Limits:
     return Limits(DEFAULT_LIMIT)
 
 
+def _flood_args(s: Settings) -> list[str]:
+    return [
+        "flood",
+        f"--count={s.flood_connections}",
+        "--hold=1",
+        "--tls-fraction=0.5",
+        f"--connect-concurrency={s.flood_connections}",
+    ]
+
+
 ATTACKS: dict[str, Attack] = {
     a.key: a
     for a in (
@@ -261,13 +272,7 @@ ATTACKS: dict[str, Attack] = {
                 "hold 1 s, close, again (half complete TLS, half send nothing)"
             ),
             lambda s: Limits(s.flood_limit),
-            lambda s: [
-                "flood",
-                f"--count={s.flood_connections}",
-                "--hold=1",
-                "--tls-fraction=0.5",
-                f"--connect-concurrency={s.flood_connections}",
-            ],
+            _flood_args,
             64 * KIB,
             at_limit=True,
         ),
@@ -279,14 +284,7 @@ ATTACKS: dict[str, Attack] = {
                 "HAProxy stick table, nginx limit_conn) on top of the flood's limit"
             ),
             lambda s: Limits(s.flood_limit, per_client=FLOOD_PER_CLIENT),
-            lambda s: [
-                "flood",
-                f"--count={s.flood_connections}",
-                "--hold=1",
-                "--tls-fraction=0.5",
-                f"--connect-concurrency={s.flood_connections}",
-                "--source=127.0.0.2",
-            ],
+            lambda s: [*_flood_args(s), "--source=127.0.0.2"],
             64 * KIB,
             at_limit=True,
         ),
