@@ -4,9 +4,10 @@ A client that opens a TCP connection and never starts (or finishes) its TLS
 handshake is closed after ``tls_handshake_timeout``. ``max_connections`` (per
 worker) counts connections from their accept on, handshakes included: a full
 listener stops accepting, so a connection beyond it waits in the accept queue
-until one closes (the ones open go on being served), and while it is full a
-connection that has spent over a second in its handshake is dropped for the next
-one waiting. ``max_connections_per_client`` closes a client's connection at once,
+until one closes (the ones open go on being served); while it is full, an idle
+connection (between keep-alive requests, or no request yet) is closed for a
+connection that waits, and so is one that has spent over a second in its
+handshake. ``max_connections_per_client`` closes a client's connection at once,
 before any handshake, while that address has as many open.
 """
 
@@ -89,12 +90,16 @@ def test_a_handshake_cut_short_is_closed_too(stack: Stack) -> None:
         assert closed_within(half, 5)
 
 
+HEAD_BEGUN = b"GET /echo HTTP/1.1\r\nHost: localhost\r\n"  # the blank line still to come
+
+
 def test_a_connection_beyond_max_connections_waits_for_a_free_slot(stack: Stack) -> None:
+    # two connections that are not idle: each has a request head under way
     one = RawConn(stack.port, tls=stack.tls, server_hostname="localhost")
     with RawConn(stack.port, tls=stack.tls, server_hostname="localhost") as two:
         for c in (one, two):
-            c.send(request_bytes("GET", "/echo", "localhost"))
-            assert c.read_response().status == 200
+            c.send(HEAD_BEGUN)
+        time.sleep(0.3)  # read by the worker: neither is idle now
         raw = socket.create_connection(("127.0.0.1", stack.port), timeout=10)
         three = stack.tls.wrap_socket(
             raw, server_hostname="localhost", do_handshake_on_connect=False
@@ -103,18 +108,43 @@ def test_a_connection_beyond_max_connections_waits_for_a_free_slot(stack: Stack)
             three.settimeout(1.5)
             with pytest.raises(TimeoutError):
                 three.do_handshake()  # not accepted: it waits in the kernel's queue
-            # the two open are served meanwhile
-            for c in (one, two):
-                c.send(request_bytes("GET", "/echo", "localhost"))
-                assert c.read_response().status == 200
+            two.send(b"\r\n")  # the two open are served meanwhile
+            assert two.read_response().status == 200
+            two.send(HEAD_BEGUN)
+            time.sleep(0.3)
             one.close()  # a slot frees: the waiting connection is accepted
             three.settimeout(5)
             three.do_handshake()
             three.sendall(request_bytes("GET", "/echo", "localhost"))
             assert three.recv(12) == b"HTTP/1.1 200"
+            two.send(b"\r\n")
+            assert two.read_response().status == 200
         finally:
             three.close()
     assert "max_connections (2) reached; new connections wait" in stack.gate.error_log_text()
+
+
+def test_a_full_listener_closes_an_idle_keep_alive_connection_for_a_new_one(
+    stack: Stack,
+) -> None:
+    with (
+        RawConn(stack.port, tls=stack.tls, server_hostname="localhost") as idle,
+        RawConn(stack.port, tls=stack.tls, server_hostname="localhost") as busy,
+    ):
+        idle.send(request_bytes("GET", "/echo", "localhost"))
+        assert idle.read_response().status == 200  # and now idle, between requests
+        busy.send(HEAD_BEGUN)
+        time.sleep(0.2)
+        started = time.monotonic()
+        with RawConn(stack.port, tls=stack.tls, server_hostname="localhost") as new:
+            new.send(request_bytes("GET", "/echo", "localhost"))
+            assert new.read_response().status == 200
+        assert time.monotonic() - started < 2
+        assert idle.closed_by_peer(2)  # its place went to the new one
+        busy.send(b"\r\n")  # the one with a request under way was left alone
+        assert busy.read_response().status == 200
+    text = stack.gate.error_log_text()
+    assert "closed 1 idle connection(s) to make room for new ones" in text
 
 
 def test_a_full_listener_sheds_a_handshake_that_is_overdue(

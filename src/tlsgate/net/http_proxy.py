@@ -906,6 +906,29 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = INF
             self.transport.abort()
 
+    def reap(self) -> bool:
+        """Close this connection at once if it is idle; True if it was.
+
+        Idle: between keep-alive requests, or established with no byte of a request
+        yet, and all output taken by the client. A full listener or a worker out of
+        descriptors takes such connections back, as nginx reuses its idle keep-alive
+        ones; nothing is lost, since a client may close an idle connection too and
+        open another (RFC 9112, section 9.3.1).
+        """
+        t = self.transport
+        if (
+            t is None
+            or self.closed
+            or self.queue
+            or self.in_head
+            or self.tunnel_upstream is not None
+            or self._waiting not in (_WAIT_IDLE, _WAIT_HEAD)
+            or t.get_write_buffer_size()
+        ):
+            return False
+        self.abort()
+        return True
+
     def drain(self) -> None:
         """Graceful shutdown: close now if idle, else after the response in progress."""
         self.draining = True

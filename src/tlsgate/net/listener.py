@@ -34,7 +34,8 @@ import logging
 import os
 import socket
 import ssl
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from tlsgate.net.context import ServeContext
@@ -51,6 +52,9 @@ _ACCEPT_BACKOFF = 0.5
 # a full listener drops a connection that has been opening for longer than this
 SHED_AFTER = 1.0
 _FULL_LOG_EVERY = 10.0
+# idle connections closed per look, and how often to look (net.listener.Acceptor._reap)
+_REAP_BATCH = 64
+_REAP_EVERY = 0.05
 INF = float("inf")
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 _RESOURCE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -109,7 +113,7 @@ async def serve(
             start_http(ctx, listener, conn, None, context, client=client)
 
         accept = accept_direct
-    acceptor = Acceptor(ctx.loop, sock, listener, accept)
+    acceptor = Acceptor(ctx.loop, sock, listener, accept, ctx.connections)
     acceptor.start()
     return acceptor
 
@@ -129,6 +133,7 @@ class Acceptor:
         sock: socket.socket,
         listener: ListenerRuntime,
         on_accept: Callable[[int, Any, str | None], None],
+        everyone: Iterable[object] = (),
     ) -> None:
         self.loop = loop
         self.sock = sock
@@ -143,6 +148,11 @@ class Acceptor:
         self._full_logged = -INF
         self._refused_logged = -INF
         self._refused = 0  # connections refused by max_connections_per_client, not logged yet
+        # the worker's connections: idle ones are closed when descriptors run out
+        self.everyone = everyone
+        self._reaped_at = -INF
+        self._reap_logged = -INF
+        self._reaped = 0  # idle connections closed, not logged yet
         sock.setblocking(False)
         # accepted sockets inherit it: no setsockopt per connection
         with contextlib.suppress(OSError):
@@ -168,6 +178,7 @@ class Acceptor:
                     # readable, and the next call may shed for one of them
                     return
                 if not self._shed():
+                    self._reap(listener.connections, self._queued())
                     self._full(limit)
                     return
             try:
@@ -178,15 +189,18 @@ class Acceptor:
                 return
             except OSError as exc:
                 if exc.errno in _RESOURCE_ERRNOS:
-                    # out of descriptors/memory: pause accepting instead of spinning on it
+                    # out of descriptors/memory: pause accepting instead of spinning on
+                    # it, and give idle connections' descriptors back for the next
+                    reaped = self._reap(self.everyone, max(self._queued(), 1))
+                    pause = _ACCEPT_BACKOFF / 10 if reaped else _ACCEPT_BACKOFF
                     log.error(
                         "listener %s: accept failed (%s); pausing accepts for %gs",
                         self.name,
                         exc.strerror,
-                        _ACCEPT_BACKOFF,
+                        pause,
                     )
                     self._stop()
-                    self._resume = self.loop.call_later(_ACCEPT_BACKOFF, self._resume_accepting)
+                    self._resume = self.loop.call_later(pause, self._resume_accepting)
                 elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO):
                     log.warning("listener %s: accept failed: %s", self.name, exc)
                 return
@@ -234,6 +248,45 @@ class Acceptor:
                 self._refused,
             )
             self._refused = 0
+
+    def _queued(self) -> int:
+        """Connections waiting in the kernel's accept queue (TCP_INFO of a listening
+        socket: ``tcpi_unacked`` is its backlog's length)."""
+        try:
+            info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+        except OSError:
+            return 1
+        if len(info) < 28:
+            return 1
+        return int.from_bytes(info[24:28], sys.byteorder)
+
+    def _reap(self, conns: Iterable[object], want: int) -> int:
+        """Close up to ``want`` (at most ``_REAP_BATCH``) idle HTTP connections
+        (``ClientConnection.reap``) for connections that wait to be accepted.
+
+        At most every ``_REAP_EVERY`` seconds: it looks at every connection.
+        """
+        now = self.loop.time()
+        want = min(want, _REAP_BATCH)
+        if want <= 0 or now - self._reaped_at < _REAP_EVERY:
+            return 0
+        self._reaped_at = now
+        n = 0
+        for conn in list(conns):
+            if isinstance(conn, ClientConnection) and conn.reap():
+                n += 1
+                if n >= want:
+                    break
+        self._reaped += n
+        if n and now - self._reap_logged >= _FULL_LOG_EVERY:
+            self._reap_logged = now
+            log.warning(
+                "listener %s: closed %d idle connection(s) to make room for new ones",
+                self.name,
+                self._reaped,
+            )
+            self._reaped = 0
+        return n
 
     def _full(self, limit: int) -> None:
         """Stop accepting until a connection closes (or an opening one is overdue)."""

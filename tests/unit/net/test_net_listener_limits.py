@@ -103,3 +103,55 @@ def test_opening_connections_count_and_a_close_resumes_a_full_listener(
     assert acceptor.resumed == 1
     listener.release(a)
     assert (listener.held(), acceptor.resumed) == (2, 2)
+
+
+# ---- idle connections given back (ClientConnection.reap) -----------------------------------
+
+GET = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+@pytest.fixture
+def h() -> Iterator[Harness]:
+    harness = Harness(CONFIG)
+    yield harness
+    harness.close()
+
+
+def test_a_connection_with_no_request_yet_is_idle(h: Harness) -> None:
+    conn, client = h.client()
+    assert conn.reap()
+    assert client.aborted
+
+
+def test_a_keep_alive_connection_between_requests_is_idle(h: Harness) -> None:
+    up = h.pooled_upstream()
+    conn, client = h.client()
+    conn.data_received(GET)
+    h.upstream_of(up).data_received(ANSWER)
+    assert client.data().endswith(b"ok")
+    assert conn.reap()
+    assert client.aborted
+
+
+def test_a_request_begun_or_in_progress_is_not_idle(h: Harness) -> None:
+    conn, client = h.client()
+    conn.data_received(b"GET /x HT")  # a head begun
+    assert not conn.reap()
+    h.pooled_upstream()
+    other, other_client = h.client()
+    other.data_received(GET)  # waiting for its answer
+    assert not other.reap()
+    assert not client.aborted
+    assert not other_client.aborted
+
+
+def test_output_the_client_has_not_taken_yet_keeps_it(h: Harness) -> None:
+    up = h.pooled_upstream()
+    conn, client = h.client()
+    conn.data_received(GET)
+    h.upstream_of(up).data_received(ANSWER)
+    client.buffered = 2  # the answer's tail is still in the transport's buffer
+    assert not conn.reap()
+    client.buffered = 0
+    assert conn.reap()
