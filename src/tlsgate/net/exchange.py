@@ -502,6 +502,9 @@ class Exchange:
         elif mode == http1.BODY_CHUNKED:
             self.conn.write(http1.encode_chunk(data))
 
+    def upstream_read_size(self) -> int:
+        return self.conn.output_room()
+
     def upstream_complete(self, trailers: Headers, reusable: bool) -> None:
         if self.body_mode == http1.BODY_CHUNKED:
             kept = [(n, v) for n, v in trailers if n.lower() not in http1.HOP_BY_HOP]

@@ -40,12 +40,16 @@ follows it has not left yet, and the owner can still answer 502 instead.
 
 Flow control runs both ways: when this connection's write buffer fills, the
 client stops being read; when the client's write buffer fills, the owner pauses
-this connection's reading.
+this connection's reading. And each read takes only what the owner says it has
+room for (``upstream_read_size``): the connection is a buffered protocol that
+reads into one buffer per thread, of up to ``READ_SIZE``, and hands the owner a
+copy of what came (the copy uvloop makes itself for a plain protocol).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
@@ -66,6 +70,19 @@ _NO_BODY_STATUS = frozenset({204, 304})
 _FRAMING_LENGTHS = frozenset({len(b"content-length"), len(b"transfer-encoding")})
 
 
+# The most one read from a server takes (uvloop's reads for a plain protocol: 250 KB)
+READ_SIZE = 256 * 1024
+_buffers = threading.local()
+
+
+def _read_buffer() -> memoryview:
+    """This thread's read buffer: its upstream connections read into it one at a time."""
+    buf: memoryview | None = getattr(_buffers, "buffer", None)
+    if buf is None:
+        buf = _buffers.buffer = memoryview(bytearray(READ_SIZE))
+    return buf
+
+
 class UpstreamOwner(Protocol):
     """What an upstream connection reports to the exchange using it."""
 
@@ -81,6 +98,9 @@ class UpstreamOwner(Protocol):
         chunked: bool,
     ) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
+    def upstream_read_size(self) -> int:
+        """How much the next read from the server may take (1 to ``READ_SIZE``)."""
+
     def upstream_complete(self, trailers: Headers, reusable: bool) -> None: ...
     def upstream_request_pending(self) -> bool:
         """The client is still sending the request: the server may be waiting for it."""
@@ -98,7 +118,7 @@ class UpstreamOwner(Protocol):
     def tunnel_eof(self) -> None: ...
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(asyncio.BufferedProtocol):
     """One connection to one app server."""
 
     def __init__(self, server: ServerRuntime, deadlines: Deadlines) -> None:
@@ -139,6 +159,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._max_head_fields = 100
         self._head_size = 0
         self._head_pending = 0
+        self._buffer = _read_buffer()
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -273,7 +294,15 @@ class UpstreamConnection(asyncio.Protocol):
                 # read_timeout counts again from now: later, a float store
                 self.deadline = self.loop.time() + self.read_timeout
 
-    # ---- asyncio.Protocol -------------------------------------------------------------------
+    # ---- asyncio.BufferedProtocol -------------------------------------------------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        owner = self.owner
+        size = READ_SIZE if owner is None else owner.upstream_read_size()
+        return self._buffer if size >= READ_SIZE else self._buffer[:size]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._buffer[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         owner = self.owner
