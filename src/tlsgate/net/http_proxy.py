@@ -318,6 +318,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.parser = None
         self.receiving = None
         self.tunnel_exchange = None
+        # and uvloop's TLS protocol keeps the bound get_buffer and buffer_updated of a
+        # buffered protocol after the connection is lost: with the transport still
+        # held here, that would be a cycle too
+        self.transport = None
         self.ctx.connection_closed()
 
     def eof_received(self) -> bool | None:
