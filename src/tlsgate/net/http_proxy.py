@@ -98,6 +98,13 @@ MAX_PIPELINE = 32
 # TLS record) when the client's buffer is at or over it: see "Output has its own bound"
 TRANSPORT_HIGH_WATER = 64 * 1024
 MIN_UPSTREAM_READ = 16 * 1024
+# What every client connection of the worker reads into (get_buffer): one buffer, since
+# a read is copied out before anything else runs. Without it, uvloop's TLS transport
+# allocates a 256 KiB bytes object for each TLS record it decrypts and shrinks it to the
+# record's size: those large-then-shrunk chunks fragment glibc's heap, and a worker
+# relaying uploads grew without bound (see net.memory).
+READ_BUFFER_SIZE = 256 * 1024
+_READ_BUFFER = memoryview(bytearray(READ_BUFFER_SIZE))
 # Upstream connections that carry a PROXY header kept for one client connection: one per
 # server and per client address its requests named (client_ip_header)
 MAX_PRIVATE_UPSTREAMS = 8
@@ -133,8 +140,13 @@ class _OutputWatch:
             conn.output_deadline(now)
 
 
-class ClientConnection(asyncio.Protocol):
-    """One client connection on an http or https listener."""
+class ClientConnection(asyncio.BufferedProtocol):
+    """One client connection on an http or https listener.
+
+    A buffered protocol: uvloop reads (and on TLS, decrypts) into the worker's one
+    read buffer, and :meth:`buffer_updated` hands an exact-size copy to
+    :meth:`data_received`.
+    """
 
     # Why reading is paused: a bit each, reading resumes when none is left.
     PAUSED_BUFFER = 1  # request body waiting for an upstream connection
@@ -316,6 +328,10 @@ class ClientConnection(asyncio.Protocol):
         self.parser = None
         self.receiving = None
         self.tunnel_exchange = None
+        # and uvloop's TLS protocol keeps the bound get_buffer and buffer_updated of a
+        # buffered protocol after the connection is lost: with the transport still
+        # held here, that would be a cycle too
+        self.transport = None
         self.ctx.connection_closed()
 
     def eof_received(self) -> bool | None:
@@ -404,6 +420,13 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.resume_reading()
                 if self._waiting == _WAIT_BODY:
                     self._body_resumed()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # copied out first: the buffer is the next read's, whichever connection's
+        self.data_received(_READ_BUFFER[:nbytes].tobytes())
 
     def data_received(self, data: bytes) -> None:
         if self.closed:

@@ -27,16 +27,21 @@ that just closed 5,000 connections). A steady load never trims, however large
 its connections are gone. Where the C library has no ``malloc_trim`` (musl,
 macOS) it does nothing.
 
-A steady load through a few connections frees large buffers too: request and
-response bodies pass through as chunks of up to 256 KiB, and the same
-fragmentation ratchets RSS up with no connection closing (measured by
-``make soak``: a worker relaying 4 MiB uploads grew by ~860 KiB a minute). So it
-also trims once every ``every`` seconds (60 by default) whatever the count does.
-That does not stop the growth: live small objects pin the pages between the holes.
-:func:`fix_mmap_threshold` would (the same upload-only soak: 685 KiB a minute with the
-trims alone, 105 KiB with a threshold fixed at 128 KiB), but workers do not call it:
-every TLS read allocates a 256 KiB buffer, which would then be mmapped and unmapped
-each time (measured: +32 µs of kernel time per keep-alive request, -28 % req/s).
+A steady load through a few connections frees large buffers too, and the worst of
+them came from uvloop itself: for a plain ``asyncio.Protocol`` its TLS transport
+decrypts every TLS record (16 KiB at most) into a fresh 256 KiB bytes object and
+shrinks it to the record's size. Measured with memray (``--native``) on a worker
+relaying 64 KiB-4 MiB uploads for 2 minutes: 26,000 such 262,177-byte allocations
+(7 of the 8.6 GB allocated), and glibc's free lists filled with holes of 110-260 KiB,
+each just too small for the next one; ``mallinfo2`` showed the heap growing ~1 MiB
+a minute with its live bytes flat. ``ClientConnection`` is a buffered protocol
+instead (uvloop decrypts into one worker-wide buffer, and the connection keeps an
+exact-size copy): the same soak's heap stays flat. The trims every ``every``
+seconds (60 by default) stay, for what body chunks of up to 256 KiB still leave.
+:func:`fix_mmap_threshold` also flattened it (105 KiB a minute instead of 685 in
+that soak), but workers do not call it: with the per-record buffers it mmapped and
+unmapped every one of them (measured: +32 µs of kernel time per keep-alive
+request, -28 % req/s).
 """
 
 from __future__ import annotations
