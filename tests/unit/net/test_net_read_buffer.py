@@ -18,6 +18,7 @@ import pytest
 from tlsgate.net import http_proxy
 from tlsgate.net.http_proxy import ClientConnection
 from tlsgate.net.testing import FakeTransport, Harness
+from tlsgate.net.upstream import UpstreamConnection
 
 CONFIG = """
 [[listeners]]
@@ -84,7 +85,7 @@ def test_a_request_read_through_the_buffer_is_forwarded_and_answered(h: Harness)
 
 def test_what_a_read_brought_survives_the_next_read_into_the_buffer(h: Harness) -> None:
     server = h.server()
-    up = http_proxy.UpstreamConnection(server, h.ctx.deadlines)
+    up = UpstreamConnection(server, h.ctx.deadlines)
     held = HoldingTransport(peer=(server.state.host, server.state.port))
     up.connection_made(held)  # type: ignore[arg-type]
     server.pool.release(up, h.ctx.loop.time())
