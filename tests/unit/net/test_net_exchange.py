@@ -9,7 +9,6 @@ socket or a sleep.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,13 +35,6 @@ pool_idle_timeout = "2s"
 
 GET = b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
-
-
-@pytest.fixture
-def h() -> Iterator[Harness]:
-    harness = Harness(CONFIG)
-    yield harness
-    harness.close()
 
 
 def exchange(h: Harness, up: FakeTransport, request: bytes, response: bytes) -> bytes:

@@ -10,8 +10,6 @@ many reads and behind however many pipelined requests, are untouched.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tlsgate.net.testing import Harness
@@ -31,13 +29,6 @@ servers = ["127.0.0.1:9000"]
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 CHUNKED = b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-
-
-@pytest.fixture
-def h() -> Iterator[Harness]:
-    harness = Harness(CONFIG)
-    yield harness
-    harness.close()
 
 
 def status_of(out: bytes) -> int:

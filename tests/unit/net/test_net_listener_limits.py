@@ -8,8 +8,6 @@ opening connections (handshakes, preambles) with the established ones.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from tlsgate.net.listener import client_key
@@ -33,10 +31,8 @@ servers = ["127.0.0.1:9000"]
 
 
 @pytest.fixture
-def listener() -> Iterator[ListenerRuntime]:
-    harness = Harness(CONFIG)
-    yield harness.listener
-    harness.close()
+def listener(h: Harness) -> ListenerRuntime:
+    return h.listener
 
 
 @pytest.mark.parametrize(
@@ -109,13 +105,6 @@ def test_opening_connections_count_and_a_close_resumes_a_full_listener(
 
 GET = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
 ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-@pytest.fixture
-def h() -> Iterator[Harness]:
-    harness = Harness(CONFIG)
-    yield harness
-    harness.close()
 
 
 def test_a_connection_with_no_request_yet_is_idle(h: Harness) -> None:

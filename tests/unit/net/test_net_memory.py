@@ -36,13 +36,6 @@ servers = ["127.0.0.1:9000"]
 GET = b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n"
 
 
-@pytest.fixture
-def h() -> Iterator[Harness]:
-    harness = Harness(CONFIG)
-    yield harness
-    harness.close()
-
-
 class Watch:
     """Which of the watched objects only the cyclic GC could free.
 

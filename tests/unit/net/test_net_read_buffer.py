@@ -11,9 +11,6 @@ brings must be copied out before the next read overwrites it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-
-import pytest
 
 from tlsgate.net import http_proxy
 from tlsgate.net.http_proxy import ClientConnection
@@ -40,13 +37,6 @@ class HoldingTransport(FakeTransport):
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
-
-
-@pytest.fixture
-def h() -> Iterator[Harness]:
-    harness = Harness(CONFIG)
-    yield harness
-    harness.close()
 
 
 def feed(conn: ClientConnection, data: bytes) -> None:

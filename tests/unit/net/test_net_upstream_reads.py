@@ -8,10 +8,6 @@ mark, with a floor of one TLS record's worth so a response always moves on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
 from tlsgate.net.http_proxy import MIN_UPSTREAM_READ, TRANSPORT_HIGH_WATER
 from tlsgate.net.testing import Harness
 from tlsgate.net.upstream import READ_SIZE
@@ -30,13 +26,6 @@ servers = ["127.0.0.1:9000"]
 
 GET = b"GET /big HTTP/1.1\r\nHost: example.com\r\n\r\n"
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n"
-
-
-@pytest.fixture
-def h() -> Iterator[Harness]:
-    harness = Harness(CONFIG)
-    yield harness
-    harness.close()
 
 
 def test_a_read_takes_the_room_left_in_the_clients_buffer(h: Harness) -> None:
