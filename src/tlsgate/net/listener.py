@@ -118,6 +118,23 @@ async def serve(
     return acceptor
 
 
+class _Throttled:
+    """What one log line counts, written at most every ``_FULL_LOG_EVERY`` seconds."""
+
+    def __init__(self) -> None:
+        self.last = -INF
+        self.count = 0
+
+    def due(self, now: float, n: int = 1) -> int:
+        """Count ``n`` more; if a line is due, the count since the last one (else 0)."""
+        self.count += n
+        if now - self.last < _FULL_LOG_EVERY:
+            return 0
+        self.last = now
+        count, self.count = self.count, 0
+        return count
+
+
 class Acceptor:
     """Accepts connections on the event loop and passes each to ``on_accept``.
 
@@ -145,14 +162,14 @@ class Acceptor:
         self.reading = False
         self._resume: _Cancellable | None = None  # the EMFILE back-off
         self._retry: _Cancellable | None = None  # a full listener looks again
-        self._full_logged = -INF
-        self._refused_logged = -INF
-        self._refused = 0  # connections refused by max_connections_per_client, not logged yet
+        # log lines at most every _FULL_LOG_EVERY: the listener full, connections refused
+        # by max_connections_per_client, idle ones closed
+        self._full_log = _Throttled()
+        self._refused = _Throttled()
+        self._reaped = _Throttled()
         # the worker's connections: idle ones are closed when descriptors run out
         self.everyone = everyone
         self._reaped_at = -INF
-        self._reap_logged = -INF
-        self._reaped = 0  # idle connections closed, not logged yet
         sock.setblocking(False)
         # accepted sockets inherit it: no setsockopt per connection
         with contextlib.suppress(OSError):
@@ -171,6 +188,7 @@ class Acceptor:
     def _ready(self) -> None:
         listener = self.listener
         limit = listener.config.limits.max_connections
+        per_client = listener.config.limits.max_connections_per_client
         for i in range(_ACCEPT_BATCH):
             if len(listener.connections) + len(listener.opening) >= limit:
                 if i:
@@ -205,7 +223,6 @@ class Acceptor:
                     log.warning("listener %s: accept failed: %s", self.name, exc)
                 return
             client: str | None = None
-            per_client = listener.config.limits.max_connections_per_client
             if per_client:
                 client = client_key(listener, peer[0])
                 if client is not None:
@@ -235,19 +252,16 @@ class Acceptor:
 
     def _refuse(self, client: str, limit: int) -> None:
         """A connection over ``max_connections_per_client`` was closed at once."""
-        self._refused += 1
-        now = self.loop.time()
-        if now - self._refused_logged >= _FULL_LOG_EVERY:
-            self._refused_logged = now
+        count = self._refused.due(self.loop.time())
+        if count:
             log.warning(
                 "listener %s: %s has max_connections_per_client (%d) open; closed %d new "
                 "connection(s) from over-limit clients at accept",
                 self.name,
                 client,
                 limit,
-                self._refused,
+                count,
             )
-            self._refused = 0
 
     def _queued(self) -> int:
         """Connections waiting in the kernel's accept queue (TCP_INFO of a listening
@@ -277,15 +291,13 @@ class Acceptor:
                 n += 1
                 if n >= want:
                     break
-        self._reaped += n
-        if n and now - self._reap_logged >= _FULL_LOG_EVERY:
-            self._reap_logged = now
+        count = self._reaped.due(now, n) if n else 0
+        if count:
             log.warning(
                 "listener %s: closed %d idle connection(s) to make room for new ones",
                 self.name,
-                self._reaped,
+                count,
             )
-            self._reaped = 0
         return n
 
     def _full(self, limit: int) -> None:
@@ -294,9 +306,7 @@ class Acceptor:
         self.listener.full.append(self)
         if self._retry is None:
             self._retry = self.loop.call_later(SHED_AFTER / 4, self._look_again)
-        now = self.loop.time()
-        if now - self._full_logged >= _FULL_LOG_EVERY:
-            self._full_logged = now
+        if self._full_log.due(self.loop.time()):
             log.warning(
                 "listener %s: max_connections (%d) reached; new connections wait until one closes",
                 self.name,
