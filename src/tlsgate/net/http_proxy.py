@@ -84,7 +84,7 @@ from tlsgate.errors import ClientProtocolError
 from tlsgate.net.context import ServeContext
 from tlsgate.net.deadlines import INF
 from tlsgate.net.exchange import DONE, WAITING, Exchange
-from tlsgate.net.runtime import ListenerRuntime
+from tlsgate.net.runtime import Cancellable, ListenerRuntime
 from tlsgate.net.upstream import Headers, UpstreamConnection
 from tlsgate.proto import http1
 from tlsgate.proto.proxy_protocol import ProxyHeader, client_address_of
@@ -162,10 +162,14 @@ class ClientConnection(asyncio.BufferedProtocol):
         *,
         proxy: ProxyHeader | None = None,
         client_slot: str | None = None,
+        opening: Cancellable | None = None,
     ) -> None:
         self.ctx = ctx
         self.loop = ctx.loop
         self.listener = listener
+        # the listener's opening entry (its handshake task): it leaves ``opening`` the
+        # moment the connection is in ``connections``, so it never counts twice
+        self.opening = opening
         # its max_connections_per_client key, given back once (release_client)
         self.client_slot = client_slot
         self.limits = listener.config.limits
@@ -270,6 +274,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._set_forwarding(peer_ip, peer_ip)
         # (max_connections: the listener's Acceptor counts it from its accept on)
         self.listener.connections.add(self)
+        opening, self.opening = self.opening, None
+        if opening is not None:
+            self.listener.opened(opening)
         self.ctx.connections.add(self)
         if self.draining or self.ctx.draining:
             self._close()

@@ -459,9 +459,12 @@ async def _start_http(
     lc = listener.config
     tls = context is not None
     made: list[ClientConnection] = []
+    me = asyncio.current_task()  # its entry in listener.opening
 
     def make() -> ClientConnection:
-        conn = ClientConnection(ctx, listener, tls, proxy=proxy, client_slot=client)
+        conn = ClientConnection(
+            ctx, listener, tls, proxy=proxy, client_slot=client, opening=me
+        )
         made.append(conn)
         return conn
 

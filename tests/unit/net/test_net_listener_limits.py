@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import pytest
 
+from tlsgate.net.http_proxy import ClientConnection
 from tlsgate.net.listener import client_key
 from tlsgate.net.runtime import ListenerRuntime
-from tlsgate.net.testing import Harness
+from tlsgate.net.testing import FakeTransport, Harness
 
 CONFIG = """
 [[listeners]]
@@ -99,6 +100,22 @@ def test_opening_connections_count_and_a_close_resumes_a_full_listener(
     assert acceptor.resumed == 1
     listener.release(a)
     assert (listener.held(), acceptor.resumed) == (2, 2)
+
+
+def test_a_connection_leaves_opening_as_it_joins_connections(
+    h: Harness, listener: ListenerRuntime
+) -> None:
+    # counted twice for a moment (opening until its handshake task's done callback ran)
+    # a full listener closed the idle one it had just made for the next connection
+    task = Task()
+    listener.opening[task] = 0.0
+    conn = ClientConnection(h.ctx, listener, True, opening=task)
+    conn.connection_made(FakeTransport(peer=("127.0.0.2", 40000)))  # type: ignore[arg-type]
+    assert listener.held() == 1
+    assert listener.opening == {}
+    assert conn in listener.connections
+    listener.opened(task)  # the task's done callback, later: nothing more to do
+    assert listener.held() == 1
 
 
 # ---- idle connections given back (ClientConnection.reap) -----------------------------------
