@@ -953,14 +953,15 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.deadline = INF
             self.transport.abort()
 
-    def reap(self) -> bool:
-        """Close this connection at once if it is idle; True if it was.
+    def idle_since(self) -> float:
+        """When this connection became idle (loop time), or INF if it is not idle.
 
         Idle: between keep-alive requests, or established with no byte of a request
         yet, and all output taken by the client. A full listener or a worker out of
-        descriptors takes such connections back, as nginx reuses its idle keep-alive
-        ones; nothing is lost, since a client may close an idle connection too and
-        open another (RFC 9112, section 9.3.1).
+        descriptors closes idle connections, the longest idle first (as nginx reuses
+        its least recently used keep-alive connections); nothing is lost, since a
+        client may close an idle connection too and open another (RFC 9112, section
+        9.3.1).
         """
         t = self.transport
         if (
@@ -972,6 +973,15 @@ class ClientConnection(asyncio.BufferedProtocol):
             or self._waiting not in (_WAIT_IDLE, _WAIT_HEAD)
             or t.get_write_buffer_size()
         ):
+            return INF
+        limits = self.limits
+        timeout = limits.header_timeout if self._waiting == _WAIT_HEAD else limits.idle_timeout
+        # the deadline was armed when it became idle (_wait); no timeout: the oldest
+        return self.deadline - timeout if timeout > 0 and self.deadline < INF else 0.0
+
+    def reap(self) -> bool:
+        """Close this connection at once if it is idle (``idle_since``); True if it was."""
+        if self.idle_since() == INF:
             return False
         self.abort()
         return True

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import heapq
 import logging
 import os
 import socket
@@ -275,8 +276,9 @@ class Acceptor:
         return int.from_bytes(info[24:28], sys.byteorder)
 
     def _reap(self, conns: Iterable[object], want: int) -> int:
-        """Close up to ``want`` (at most ``_REAP_BATCH``) idle HTTP connections
-        (``ClientConnection.reap``) for connections that wait to be accepted.
+        """Close up to ``want`` (at most ``_REAP_BATCH``) idle HTTP connections, the
+        longest idle first (``ClientConnection.idle_since``), for connections that wait
+        to be accepted.
 
         At most every ``_REAP_EVERY`` seconds: it looks at every connection.
         """
@@ -285,12 +287,16 @@ class Acceptor:
         if want <= 0 or now - self._reaped_at < _REAP_EVERY:
             return 0
         self._reaped_at = now
+        idle: list[tuple[float, ClientConnection]] = []
+        for conn in conns:
+            if isinstance(conn, ClientConnection):
+                since = conn.idle_since()
+                if since < INF:
+                    idle.append((since, conn))
         n = 0
-        for conn in list(conns):
-            if isinstance(conn, ClientConnection) and conn.reap():
-                n += 1
-                if n >= want:
-                    break
+        for _, conn in heapq.nsmallest(want, idle, key=_first):
+            conn.abort()
+            n += 1
         count = self._reaped.due(now, n) if n else 0
         if count:
             log.warning(
@@ -343,6 +349,10 @@ class Acceptor:
         with contextlib.suppress(ValueError, OSError):
             self._stop()
         self.sock.close()
+
+
+def _first(pair: tuple[float, ClientConnection]) -> float:
+    return pair[0]
 
 
 def client_key(listener: ListenerRuntime, host: str) -> str | None:
@@ -462,9 +472,7 @@ async def _start_http(
     me = asyncio.current_task()  # its entry in listener.opening
 
     def make() -> ClientConnection:
-        conn = ClientConnection(
-            ctx, listener, tls, proxy=proxy, client_slot=client, opening=me
-        )
+        conn = ClientConnection(ctx, listener, tls, proxy=proxy, client_slot=client, opening=me)
         made.append(conn)
         return conn
 

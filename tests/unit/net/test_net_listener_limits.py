@@ -8,10 +8,12 @@ opening connections (handshakes, preambles) with the established ones.
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from tlsgate.net.http_proxy import ClientConnection
-from tlsgate.net.listener import client_key
+from tlsgate.net.listener import Acceptor, client_key
 from tlsgate.net.runtime import ListenerRuntime
 from tlsgate.net.testing import FakeTransport, Harness
 
@@ -74,7 +76,7 @@ class Task:
         return True
 
 
-class Acceptor:
+class Resumable:
     def __init__(self) -> None:
         self.resumed = 0
 
@@ -90,7 +92,7 @@ def test_opening_connections_count_and_a_close_resumes_a_full_listener(
     listener.connections.update((a, b))
     listener.opening[opening] = 0.0
     assert listener.held() == 3  # == max_connections: full
-    acceptor = Acceptor()
+    acceptor = Resumable()
     listener.full.append(acceptor)
     listener.opened(opening)  # its handshake failed: room for one
     assert (listener.held(), acceptor.resumed, listener.full) == (2, 1, [])
@@ -161,3 +163,26 @@ def test_output_the_client_has_not_taken_yet_keeps_it(h: Harness) -> None:
     assert not conn.reap()
     client.buffered = 0
     assert conn.reap()
+
+
+def test_a_full_listener_closes_the_longest_idle_first(
+    h: Harness, listener: ListenerRuntime
+) -> None:
+    loop = h.ctx.fake_loop
+    first, first_client = h.client()  # no request yet: idle since its accept
+    loop.advance(1)
+    served, served_client = h.client()
+    loop.advance(1)
+    third, third_client = h.client()
+    loop.advance(1)
+    up = h.pooled_upstream()
+    served.data_received(GET)  # answered now: idle from now on, the newest idle
+    h.upstream_of(up).data_received(ANSWER)
+    busy, busy_client = h.client()
+    busy.data_received(b"GET /x HT")  # never idle
+    assert served.idle_since() == loop.time() > third.idle_since() > first.idle_since()
+    with socket.socket() as sock:
+        acceptor = Acceptor(loop, sock, listener, lambda fd, peer, client: None)  # type: ignore[arg-type]
+        assert acceptor._reap(listener.connections, 2) == 2
+    assert (first_client.aborted, third_client.aborted) == (True, True)
+    assert (served_client.aborted, busy_client.aborted) == (False, False)
