@@ -31,7 +31,6 @@ import platform
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,9 @@ from types import FrameType
 from typing import Literal
 
 from tlsgate.ca.local import LocalCA
+from tlsgate.net import ports
 
+free_port = ports.free_port  # the benchmarks take it from here
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 STARTUP_TIMEOUT = 30.0
@@ -374,14 +375,6 @@ def fresh_dir(parent: Path, prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=parent))
     path.chmod(0o755)
     return path
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_until(proc: Proc, probe: Callable[[], str | None], what: str) -> None:

@@ -39,8 +39,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tlsgate.acme import ACME_TLS_ALPN_PROTOCOL
+from tlsgate.net.ports import free_port
 
-from .pebble import free_port, pebble_process
+from .pebble import pebble_process
 
 __all__ = ["free_port"]
 

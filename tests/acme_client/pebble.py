@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import socket
 import subprocess
 import time
@@ -27,32 +26,10 @@ from pathlib import Path
 import pytest
 
 from tlsgate.ca.local import LocalCA
+from tlsgate.net.ports import free_port
 
 PEBBLE = "/usr/bin/pebble"
 CHALLTESTSRV = "/usr/bin/pebble-challtestsrv"
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1, never handed out before in this process.
-
-    From below the kernel's ephemeral range (32768 on Debian): binding to 0
-    may return the port just closed, and an outgoing connection's source port
-    may take an ephemeral one before Pebble binds it.
-    """
-    while True:
-        port = random.randrange(10000, 32768)
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], log: Path, deadline: float) -> None:

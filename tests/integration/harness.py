@@ -19,7 +19,6 @@ import contextlib
 import http.client
 import json
 import os
-import random
 import re
 import select
 import signal
@@ -41,6 +40,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from tlsgate.ca.local import IssuedCertificate, LocalCA
+from tlsgate.net import ports
+
+free_port = ports.free_port  # the tests take it from here
 
 TLSGATE = Path(sys.executable).parent / "tlsgate"
 APPSERVER = Path(__file__).with_name("appserver.py")
@@ -49,40 +51,6 @@ RELOADED_LINE = "reload complete"
 MiB = 1024 * 1024
 
 T = TypeVar("T")
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago and never handed out before.
-
-    Binding to port 0 lets the kernel return the same port to two calls in a
-    row (the first is closed again at once), and a port from the ephemeral
-    range can be taken as the source port of any outgoing connection before
-    the server that is meant to bind it starts.  So ports come from below the
-    ephemeral range, each at most once per test process.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    high = max(_ephemeral_low(), 12000)
-    while True:
-        port = random.randrange(10000, high)
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
 
 
 def wait_until(
