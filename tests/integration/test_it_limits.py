@@ -66,6 +66,9 @@ def stack(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]
         app.stop()
 
 
+HELLO_BEGUN = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"  # a ClientHello's first bytes
+
+
 def closed_within(sock: socket.socket, seconds: float) -> bool:
     sock.settimeout(seconds)
     try:
@@ -86,7 +89,7 @@ def test_a_client_that_never_starts_its_handshake_is_closed(stack: Stack) -> Non
 
 def test_a_handshake_cut_short_is_closed_too(stack: Stack) -> None:
     with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as half:
-        half.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello begun
+        half.sendall(HELLO_BEGUN)
         assert closed_within(half, 5)
 
 
@@ -160,6 +163,9 @@ def test_a_full_listener_sheds_a_handshake_that_is_overdue(
             socket.create_connection(("127.0.0.1", port), timeout=10) as silent1,
             socket.create_connection(("127.0.0.1", port), timeout=10) as silent2,
         ):
+            for s in (silent1, silent2):  # a ClientHello begun: the kernel passes them on
+                s.sendall(HELLO_BEGUN)
+                time.sleep(0.05)  # in this order
             time.sleep(0.2)  # both accepted, in their handshakes: the listener is full
             started = time.monotonic()
             with RawConn(port, tls=tls, server_hostname="localhost") as good:
@@ -171,6 +177,33 @@ def test_a_full_listener_sheds_a_handshake_that_is_overdue(
                 assert closed_within(silent1, 1)
                 assert not closed_within(silent2, 0.3)  # no more than the one needed
     finally:
+        gate.kill()
+        app.stop()
+
+
+def test_a_client_that_sends_nothing_holds_no_slot(
+    pki: Pki, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # TCP_DEFER_ACCEPT: it waits in the kernel, not in the listener's max_connections
+    app = AppServer("silent").start()
+    port = free_port()
+    gate = Tlsgate(tmp_path_factory.mktemp("silent"), limits_config(pki, app, port, "30s"))
+    tls = client_context(pki.ca_pem)
+    silent: list[socket.socket] = []
+    try:
+        gate.start()
+        silent += [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(5)]
+        time.sleep(0.2)
+        started = time.monotonic()
+        for _ in range(2):  # the listener's two slots are free for good clients
+            with RawConn(port, tls=tls, server_hostname="localhost") as good:
+                good.send(request_bytes("GET", "/echo", "localhost"))
+                assert good.read_response().status == 200
+        assert time.monotonic() - started < 0.5  # no shedding, no waiting
+        assert "max_connections (2) reached" not in gate.error_log_text()
+    finally:
+        for s in silent:
+            s.close()
         gate.kill()
         app.stop()
 

@@ -39,6 +39,7 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from tlsgate.config.model import ListenerConfig
 from tlsgate.net.context import ServeContext
 from tlsgate.net.http_proxy import ClientConnection
 from tlsgate.net.l4 import Address, L4Session, Preamble, RawSocket, _addr
@@ -53,6 +54,9 @@ _ACCEPT_BACKOFF = 0.5
 # a full listener drops a connection that has been opening for longer than this
 SHED_AFTER = 1.0
 _FULL_LOG_EVERY = 10.0
+# Linux turns TCP_DEFER_ACCEPT seconds into SYN-ACK retransmissions: a silent client is
+# accepted after 1, 3, 7, 15, 31 or 63 s
+_DEFER_STEPS = (63, 31, 15, 7, 3, 1)
 # idle connections closed per look, and how often to look (net.listener.Acceptor._reap)
 _REAP_BATCH = 64
 _REAP_EVERY = 0.05
@@ -175,6 +179,12 @@ class Acceptor:
         # accepted sockets inherit it: no setsockopt per connection
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # a client that sends nothing waits in the kernel (TCP_DEFER_ACCEPT), off the
+        # accept queue, holding no descriptor and no slot (defer_accept). Set, or
+        # cleared, on every start: a reload may give the socket to another listener.
+        defer = defer_accept(listener.config)
+        with contextlib.suppress(OSError, AttributeError):  # not on every platform
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, defer)
 
     def start(self) -> None:
         if not self.closed and not self.reading:
@@ -349,6 +359,24 @@ class Acceptor:
         with contextlib.suppress(ValueError, OSError):
             self._stop()
         self.sock.close()
+
+
+def defer_accept(lc: ListenerConfig) -> int:
+    """Seconds a client that sends nothing waits in the kernel (TCP_DEFER_ACCEPT).
+
+    HTTP, TLS and PROXY clients speak first; on a ``tcp`` listener the server may
+    (SMTP, MySQL), so 0 there. Otherwise the longest retransmission step within the
+    time the listener gives a client for its first bytes (``tls_handshake_timeout``
+    on https, ``header_timeout`` otherwise; at least 1 s): such a client then gets
+    that time again from tlsgate, while it waited it held no descriptor and no slot.
+    """
+    if lc.protocol == "tcp":
+        return 0
+    limits = lc.limits
+    first = limits.tls_handshake_timeout if lc.protocol == "https" else limits.header_timeout
+    if first <= 0:
+        return 1
+    return next((step for step in _DEFER_STEPS if step <= first), 1)
 
 
 def _first(pair: tuple[float, ClientConnection]) -> float:

@@ -8,12 +8,14 @@ opening connections (handshakes, preambles) with the established ones.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 
 import pytest
 
+from tlsgate.config.model import ListenerProtocol
 from tlsgate.net.http_proxy import ClientConnection
-from tlsgate.net.listener import Acceptor, client_key
+from tlsgate.net.listener import Acceptor, client_key, defer_accept
 from tlsgate.net.runtime import ListenerRuntime
 from tlsgate.net.testing import FakeTransport, Harness
 
@@ -186,3 +188,29 @@ def test_a_full_listener_closes_the_longest_idle_first(
         assert acceptor._reap(listener.connections, 2) == 2
     assert (first_client.aborted, third_client.aborted) == (True, True)
     assert (served_client.aborted, busy_client.aborted) == (False, False)
+
+
+@pytest.mark.parametrize(
+    ("protocol", "handshake", "header", "defer"),
+    [
+        ("https", 10.0, 10.0, 7),  # the default: accepted after 7 s if it sent nothing
+        ("https", 1.0, 10.0, 1),
+        ("https", 0.5, 10.0, 1),  # never under the first retransmission
+        ("https", 15.0, 2.0, 15),
+        ("http", 10.0, 3.0, 3),  # no handshake: the request head's timeout
+        ("tls-passthrough", 1.0, 64.0, 63),  # the ClientHello falls under header_timeout
+        ("tcp", 10.0, 10.0, 0),  # the server may speak first
+    ],
+)
+def test_a_silent_client_waits_in_the_kernel_within_the_first_bytes_timeout(
+    listener: ListenerRuntime,
+    protocol: ListenerProtocol,
+    handshake: float,
+    header: float,
+    defer: int,
+) -> None:
+    limits = dataclasses.replace(
+        listener.config.limits, tls_handshake_timeout=handshake, header_timeout=header
+    )
+    lc = dataclasses.replace(listener.config, protocol=protocol, limits=limits)
+    assert defer_accept(lc) == defer
