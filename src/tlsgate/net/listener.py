@@ -305,8 +305,8 @@ class Acceptor:
                     idle.append((since, conn))
         n = 0
         for _, conn in heapq.nsmallest(want, idle, key=_first):
-            conn.abort()
-            n += 1
+            if conn.reap():  # still idle: closed
+                n += 1
         count = self._reaped.due(now, n) if n else 0
         if count:
             log.warning(
