@@ -13,6 +13,7 @@ before any handshake, while that address has as many open.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import time
@@ -53,17 +54,31 @@ def limits_config(
     )
 
 
-@pytest.fixture(scope="module")
-def stack(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    app = AppServer("limits").start()
+@contextlib.contextmanager
+def running_stack(
+    pki: Pki,
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    handshake_timeout: str,
+    **limits: int,
+) -> Iterator[Stack]:
+    """An app server and a tlsgate with ``limits_config``, both stopped at the end."""
+    app = AppServer(name).start()
     port = free_port()
-    gate = Tlsgate(tmp_path_factory.mktemp("limits"), limits_config(pki, app, port, "1s"))
+    config = limits_config(pki, app, port, handshake_timeout, **limits)
+    gate = Tlsgate(tmp_path_factory.mktemp(name), config)
     try:
         gate.start()
         yield Stack(gate, port, client_context(pki.ca_pem))
     finally:
         gate.kill()
         app.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(pki, tmp_path_factory, "limits", "1s") as s:
+        yield s
 
 
 HELLO_BEGUN = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"  # a ClientHello's first bytes
@@ -153,76 +168,54 @@ def test_a_full_listener_closes_an_idle_keep_alive_connection_for_a_new_one(
 def test_a_full_listener_sheds_a_handshake_that_is_overdue(
     pki: Pki, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    app = AppServer("shed").start()
-    port = free_port()
-    gate = Tlsgate(tmp_path_factory.mktemp("shed"), limits_config(pki, app, port, "30s"))
-    try:
-        gate.start()
-        tls = client_context(pki.ca_pem)
-        with (
-            socket.create_connection(("127.0.0.1", port), timeout=10) as silent1,
-            socket.create_connection(("127.0.0.1", port), timeout=10) as silent2,
-        ):
-            for s in (silent1, silent2):  # a ClientHello begun: the kernel passes them on
-                s.sendall(HELLO_BEGUN)
-                time.sleep(0.05)  # in this order
-            time.sleep(0.2)  # both accepted, in their handshakes: the listener is full
-            started = time.monotonic()
-            with RawConn(port, tls=tls, server_hostname="localhost") as good:
-                good.send(request_bytes("GET", "/echo", "localhost"))
-                assert good.read_response().status == 200
-                took = time.monotonic() - started
-                # the oldest silent one made room after about a second, not 30
-                assert 0.5 <= took < 5, took
-                assert closed_within(silent1, 1)
-                assert not closed_within(silent2, 0.3)  # no more than the one needed
-    finally:
-        gate.kill()
-        app.stop()
+    with (
+        running_stack(pki, tmp_path_factory, "shed", "30s") as st,
+        socket.create_connection(("127.0.0.1", st.port), timeout=10) as silent1,
+        socket.create_connection(("127.0.0.1", st.port), timeout=10) as silent2,
+    ):
+        for s in (silent1, silent2):  # a ClientHello begun: the kernel passes them on
+            s.sendall(HELLO_BEGUN)
+            time.sleep(0.05)  # in this order
+        time.sleep(0.2)  # both accepted, in their handshakes: the listener is full
+        started = time.monotonic()
+        with RawConn(st.port, tls=st.tls, server_hostname="localhost") as good:
+            good.send(request_bytes("GET", "/echo", "localhost"))
+            assert good.read_response().status == 200
+            took = time.monotonic() - started
+            # the oldest silent one made room after about a second, not 30
+            assert 0.5 <= took < 5, took
+            assert closed_within(silent1, 1)
+            assert not closed_within(silent2, 0.3)  # no more than the one needed
 
 
 def test_a_client_that_sends_nothing_holds_no_slot(
     pki: Pki, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     # TCP_DEFER_ACCEPT: it waits in the kernel, not in the listener's max_connections
-    app = AppServer("silent").start()
-    port = free_port()
-    gate = Tlsgate(tmp_path_factory.mktemp("silent"), limits_config(pki, app, port, "30s"))
-    tls = client_context(pki.ca_pem)
-    silent: list[socket.socket] = []
-    try:
-        gate.start()
-        silent += [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(5)]
+    with contextlib.ExitStack() as held:
+        st = held.enter_context(running_stack(pki, tmp_path_factory, "silent", "30s"))
+        for _ in range(5):
+            held.enter_context(socket.create_connection(("127.0.0.1", st.port), timeout=10))
         time.sleep(0.2)
         started = time.monotonic()
         for _ in range(2):  # the listener's two slots are free for good clients
-            with RawConn(port, tls=tls, server_hostname="localhost") as good:
+            with RawConn(st.port, tls=st.tls, server_hostname="localhost") as good:
                 good.send(request_bytes("GET", "/echo", "localhost"))
                 assert good.read_response().status == 200
         assert time.monotonic() - started < 0.5  # no shedding, no waiting
-        assert "max_connections (2) reached" not in gate.error_log_text()
-    finally:
-        for s in silent:
-            s.close()
-        gate.kill()
-        app.stop()
+        assert "max_connections (2) reached" not in st.gate.error_log_text()
 
 
 def test_max_connections_per_client_closes_the_one_too_many_at_accept(
     pki: Pki, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    app = AppServer("per-client").start()
-    port = free_port()
-    config = limits_config(pki, app, port, "10s", max_connections=10, max_connections_per_client=2)
-    gate = Tlsgate(tmp_path_factory.mktemp("per-client"), config)
-    tls = client_context(pki.ca_pem)
-
     def served(conn: RawConn) -> bool:
         conn.send(request_bytes("GET", "/echo", "localhost"))
         return conn.read_response().status == 200
 
-    try:
-        gate.start()
+    limits = {"max_connections": 10, "max_connections_per_client": 2}
+    with running_stack(pki, tmp_path_factory, "per-client", "10s", **limits) as st:
+        port, tls = st.port, st.tls
         one = RawConn(port, tls=tls, server_hostname="localhost")
         with RawConn(port, tls=tls, server_hostname="localhost") as two:
             assert served(one)
@@ -238,7 +231,4 @@ def test_max_connections_per_client_closes_the_one_too_many_at_accept(
             time.sleep(0.2)
             with RawConn(port, tls=tls, server_hostname="localhost") as again:
                 assert served(again)
-        assert "127.0.0.1 has max_connections_per_client (2) open" in gate.error_log_text()
-    finally:
-        gate.kill()
-        app.stop()
+        assert "127.0.0.1 has max_connections_per_client (2) open" in st.gate.error_log_text()
