@@ -24,7 +24,7 @@ import logging
 import os
 import ssl
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -247,7 +247,7 @@ class CertificateCache:
             self._default = context_for(servers[default_domains[0]])
         else:
             self._default = context_for([default_bundle])
-        self._default.sni_callback = self._sni_callback
+        self._default.sni_callback = _weak_sni_callback(weakref.ref(self))
         self._contexts = tuple(contexts.values())
         self._sni: weakref.WeakKeyDictionary[ssl.SSLObject | ssl.SSLSocket, str] = (
             weakref.WeakKeyDictionary()
@@ -293,6 +293,29 @@ class CertificateCache:
             log.exception("bug in the SNI callback (server_name=%r)", server_name)
             return ssl.ALERT_DESCRIPTION_INTERNAL_ERROR
         return None
+
+
+def _weak_sni_callback(
+    ref: weakref.ReferenceType[CertificateCache],
+) -> Callable[[ssl.SSLObject | ssl.SSLSocket, str | None, ssl.SSLContext], int | None]:
+    """The base context's SNI callback, holding its cache weakly.
+
+    A bound method would make a cycle (cache -> context -> callback -> cache) that
+    only the cycle collector frees: every reload would leave a whole graph's
+    contexts, certificates and keys in memory until a collection happened to run.
+    The cache's owner (a listener, which every connection holds) keeps it alive; a
+    handshake on a context whose cache is gone gets the default certificate.
+    """
+
+    def callback(
+        ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, ctx: ssl.SSLContext
+    ) -> int | None:
+        cache = ref()
+        if cache is None:
+            return None
+        return cache._sni_callback(ssl_object, server_name, ctx)
+
+    return callback
 
 
 def _load_bundle_into(ctx: ssl.SSLContext, bundle: CertificateBundle) -> None:

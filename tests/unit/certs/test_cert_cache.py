@@ -7,6 +7,7 @@ import dataclasses
 import gc
 import ssl
 import warnings
+import weakref
 from pathlib import Path
 
 import pytest
@@ -246,6 +247,33 @@ def test_sni_records_do_not_keep_connections_alive(
     del s
     gc.collect()
     assert len(cache._sni) == 0
+
+
+def test_a_cache_nobody_holds_is_freed_at_once(
+    ca: LocalCA, bundles: dict[str, CertificateBundle]
+) -> None:
+    # a reload drops the old graph's caches: freed by reference counting, not left
+    # (contexts, certificates, keys) until the cycle collector runs
+    cache = CertificateCache(list(bundles.values()), default="fallback")
+    _handshake(_client(ca), cache.base_context, "www.example.com")
+    ref = weakref.ref(cache)
+    gc.disable()
+    try:
+        del cache
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+def test_a_context_outliving_its_cache_serves_the_default(
+    ca: LocalCA, bundles: dict[str, CertificateBundle]
+) -> None:
+    cache = CertificateCache(list(bundles.values()), default="fallback")
+    base = cache.base_context
+    del cache
+    gc.collect()
+    c, _ = _handshake(_client(ca, check_hostname=False), base, "www.example.com")
+    assert ("DNS", "fallback.example.com") in (c.getpeercert() or {})["subjectAltName"]
 
 
 def test_sni_callback_bug_becomes_internal_error(
