@@ -166,7 +166,7 @@ class Worker:
             self.access = AccessLog(msg.config.log.access, self.loop)
         self.config = msg.config
         if old is not None:
-            old.retire()
+            old.retire(runtime)
         self._reply(Configured(self.slot, msg.generation))
 
     async def _serve(self, runtime: Runtime) -> None:

@@ -9,6 +9,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -134,6 +135,39 @@ def test_sighup_reload_under_load(make_app: AppFactory, make_gate: GateFactory) 
     with http_client() as c:
         assert c.get(f"http://127.0.0.1:{port}/new/x").json()["name"] == "new"
         assert c.get(f"http://127.0.0.1:{port}/other").json()["name"] == "old"
+
+
+def test_a_keepalive_client_uses_the_new_graph_after_a_reload(
+    make_app: AppFactory, make_gate: GateFactory
+) -> None:
+    """An open client connection's next request goes by the reloaded config (its routes),
+    and its requests keep sharing one pooled connection to the app server, as before."""
+    old, new = make_app("old"), make_app("new")
+    port = free_port()
+    gate = make_gate(config_v(port, old.address, None), workers=1)
+
+    def get(conn: RawConn, path: str) -> dict[str, Any]:
+        conn.send(request_bytes("GET", path, "localhost"))
+        resp = conn.read_response()
+        assert resp.status == 200, resp
+        body: dict[str, Any] = resp.json()
+        return body
+
+    conn = RawConn(port)
+    try:
+        assert get(conn, "/new/x")["name"] == "old"
+        get(conn, "/other")
+        gate.write_config(config_v(port, old.address, new.address))
+        gate.reload()
+        assert get(conn, "/new/x")["name"] == "new"
+        seen = [get(conn, "/other") for _ in range(3)]
+    finally:
+        conn.close()
+    assert [s["name"] for s in seen] == ["old"] * 3
+    # one upstream connection carries them all (the retired graph's pool is not used)
+    assert len({s["conn_id"] for s in seen}) == 1, seen
+    counts = [int(s["requests_on_conn"]) for s in seen]
+    assert counts == [counts[0], counts[0] + 1, counts[0] + 2], seen
 
 
 def test_sighup_reloads_certificates(

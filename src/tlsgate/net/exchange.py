@@ -326,7 +326,7 @@ class Exchange:
     def _take_idle(
         self, server: ServerRuntime, now: float | None = None
     ) -> UpstreamConnection | None:
-        if server.backend.config.send_proxy_protocol:
+        if server.config.send_proxy_protocol:
             return self.conn.take_private_upstream(self._private_key(server))
         return server.take_idle(self.conn.loop.time() if now is None else now)
 
@@ -390,7 +390,7 @@ class Exchange:
             max_head_size=conn.max_header_size,
             max_head_fields=conn.max_headers,
         )
-        cfg = server.backend.config
+        cfg = server.config
         if cfg.send_proxy_protocol and not reused:
             # a new connection for this client: its first bytes name the real client
             upstream.write(
@@ -680,9 +680,8 @@ class Exchange:
         upstream.release()
         if self.upstream_paused_by_client:
             upstream.resume_reading()
-        backend = server.backend
         conn = self.conn
-        if backend.config.send_proxy_protocol:
+        if server.config.send_proxy_protocol:
             # it carries this client's PROXY header: keep it for this client only
             if reusable and upstream.usable() and not conn.closed:
                 conn.keep_private_upstream(self._private_key(server), upstream)
@@ -690,7 +689,7 @@ class Exchange:
                 upstream.close()
         elif not (
             reusable
-            and not backend.retired
+            and not server.retired
             and upstream.usable()
             and server.pool.release(upstream, conn.loop.time())
         ):

@@ -172,16 +172,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.opening = opening
         # its max_connections_per_client key, given back once (release_client)
         self.client_slot = client_slot
-        self.limits = listener.config.limits
-        # the response head limits each exchange hands its upstream connection
-        self.max_header_size = self.limits.max_header_size
-        self.max_headers = self.limits.max_headers
-        # read on every request body piece
-        self._body_timeout = self.limits.body_timeout
-        self._body_rate = float(self.limits.body_min_rate)
-        self._send_timeout = self.limits.send_timeout
         self.tls = tls
-        self.hsts = listener.config.hsts if tls else ""
+        self._use_listener_config(listener)
         self.proxy = proxy
         self.transport: asyncio.Transport | None = None
         # its callbacks are bound methods of this object: connection_lost breaks the cycle
@@ -282,6 +274,39 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._close()
             return
         self._wait(_WAIT_HEAD)
+
+    def _use_listener_config(self, listener: ListenerRuntime) -> None:
+        self.limits = limits = listener.config.limits
+        # the response head limits each exchange hands its upstream connection
+        self.max_header_size = limits.max_header_size
+        self.max_headers = limits.max_headers
+        # read on every request body piece
+        self._body_timeout = limits.body_timeout
+        self._body_rate = float(limits.body_min_rate)
+        self._send_timeout = limits.send_timeout
+        self.hsts = listener.config.hsts if self.tls else ""
+
+    def _follow_reload(self) -> None:
+        """A reload replaced this connection's listener: move to the new one.
+
+        Called as a request begins (exchanges already queued keep their backends),
+        so this request and those after it are routed, limited and pooled by the
+        new graph; the connection counts against the new listener's limits from now on.
+        """
+        old = new = self.listener
+        while new.successor is not None:
+            new = new.successor
+        old.release(self)
+        new.connections.add(self)
+        slot = self.client_slot
+        if slot is not None:
+            old.client_left(slot)
+            new.per_client[slot] = new.per_client.get(slot, 0) + 1
+        self.listener = new
+        self._use_listener_config(new)
+        fwd = self.fwd
+        self._set_forwarding(fwd.client_ip, fwd.peer_ip)
+        self._header_fwd = None
 
     def release_client(self) -> None:
         """Give the ``max_connections_per_client`` key back (once)."""
@@ -604,6 +629,8 @@ class ClientConnection(asyncio.BufferedProtocol):
     # ---- httptools callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self.listener.successor is not None:
+            self._follow_reload()
         self.in_head = True
         self._url = b""
         self._headers = []

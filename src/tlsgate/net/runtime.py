@@ -4,8 +4,10 @@ How this works: ``Runtime.build`` makes listeners (with their route tables and
 certificate caches), backends (with balancers, per-server state and keep-alive
 pools) from a ``Config`` plus the certificate bundles the supervisor pushed.
 A reload builds a whole new ``Runtime`` and the worker swaps one reference;
-connections already running keep the objects they started with, so nothing in
-flight sees a half-updated graph (uvicorn ``Config.load``, certmagic). Health
+exchanges already running keep the objects they started with, so nothing in
+flight sees a half-updated graph (uvicorn ``Config.load``, certmagic). An open
+client connection moves to its listener's ``successor`` when its next request
+begins, so that request is routed, limited and pooled by the new graph. Health
 state carries over by (backend, server address).
 """
 
@@ -47,11 +49,16 @@ class Resumable(Protocol):
 
 @dataclass(eq=False)
 class ServerRuntime:
-    """One app server of one backend, in this worker: balancing state and idle connections."""
+    """One app server of one backend, in this worker: balancing state and idle connections.
+
+    It holds its backend's config, not the backend (which holds it): no reference
+    cycle, so a retired graph is freed as soon as its last connection lets go.
+    """
 
     state: ServerState
-    backend: BackendRuntime
+    config: BackendConfig
     pool: Pool
+    retired: bool = False
 
     @property
     def key(self) -> str:
@@ -88,6 +95,7 @@ class BackendRuntime:
         """This backend left the active graph: close its idle connections, pool no more."""
         self.retired = True
         for server in self.servers:
+            server.retired = True
             server.close_idle()
 
 
@@ -106,6 +114,9 @@ class ListenerRuntime:
     full: list[Resumable] = field(default_factory=list)
     # max_connections_per_client: connections open per client key (net.listener.client_key)
     per_client: dict[str, int] = field(default_factory=dict)
+    # set when a reload retires this listener: the same-named listener of the new graph,
+    # which this one's open keep-alive connections move to at their next request
+    successor: ListenerRuntime | None = None
 
     def held(self) -> int:
         """Connections that count against ``max_connections``: open and opening."""
@@ -174,7 +185,7 @@ def _build_backend(cfg: BackendConfig, health: dict[tuple[str, str], bool]) -> B
     )
     for st in states:
         server = ServerRuntime(
-            state=st, backend=backend, pool=Pool(cfg.max_idle_per_server, cfg.pool_idle_timeout)
+            state=st, config=cfg, pool=Pool(cfg.max_idle_per_server, cfg.pool_idle_timeout)
         )
         backend.servers.append(server)
         backend.by_key[st.key] = server
@@ -246,6 +257,14 @@ class Runtime:
             if not healthy:
                 s.close_idle()
 
-    def retire(self) -> None:
+    def retire(self, successor: Runtime | None = None) -> None:
+        """This graph left service: its backends pool no more, and, if ``successor``
+        replaced it, each listener points to the new one of the same name and protocol
+        so that its open connections' later requests use the new graph."""
+        if successor is not None:
+            for name, lr in self.listeners.items():
+                new = successor.listeners.get(name)
+                if new is not None and new.config.protocol == lr.config.protocol:
+                    lr.successor = new
         for b in self.backends.values():
             b.retire()

@@ -209,6 +209,15 @@ class Harness:
         self.listener: ListenerRuntime = next(iter(self.runtime.listeners.values()))
         self.upstreams: list[tuple[UpstreamConnection, FakeTransport]] = []
 
+    def reload(self, toml: str) -> None:
+        """What a worker does on a reload: build a graph from ``toml``, swap, retire the old."""
+        config = parse_config(toml, Path("harness.toml"))
+        old = self.runtime
+        self.runtime = Runtime.build(old.generation + 1, config, (), {})
+        self.ctx.runtime = self.runtime
+        self.listener = next(iter(self.runtime.listeners.values()))
+        old.retire(self.runtime)
+
     def server(self, backend: str | None = None, index: int = 0) -> ServerRuntime:
         b = (
             self.runtime.backends[backend]

@@ -131,7 +131,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self.requests = 0
         self.closed = False
         self.tunnel = False
-        self.read_timeout = server.backend.config.read_timeout
+        self.read_timeout = server.config.read_timeout
         self._write_blocked = False  # between pause_writing and resume_writing
         # tlsgate stopped reading (the client takes the response slowly): the server is
         # not late, and read_timeout waits; the client's send_timeout bounds this

@@ -9,6 +9,7 @@ opening connections (handshakes, preambles) with the established ones.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import socket
 
 import pytest
@@ -16,8 +17,9 @@ import pytest
 from tlsgate.config.model import ListenerProtocol
 from tlsgate.net.http_proxy import ClientConnection
 from tlsgate.net.listener import Acceptor, client_key, defer_accept
-from tlsgate.net.runtime import ListenerRuntime
+from tlsgate.net.runtime import BackendRuntime, ListenerRuntime, Runtime, ServerRuntime
 from tlsgate.net.testing import FakeTransport, Harness
+from tlsgate.net.upstream import UpstreamConnection
 
 CONFIG = """
 [[listeners]]
@@ -122,6 +124,33 @@ def test_a_connection_leaves_opening_as_it_joins_connections(
     assert listener.held() == 1
 
 
+def test_a_connection_moves_to_the_reloaded_listener_at_its_next_request(h: Harness) -> None:
+    old = h.listener
+    conn = ClientConnection(h.ctx, old, False, client_slot="127.0.0.2")
+    old.per_client["127.0.0.2"] = 1
+    conn.connection_made(FakeTransport(peer=("127.0.0.2", 40000)))  # type: ignore[arg-type]
+    h.reload(CONFIG.replace("max_connections = 3", "max_connections = 5"))
+    new = h.listener
+    assert old.successor is new
+    assert conn.listener is old  # nothing moves between requests
+    conn.data_received(b"GET /x HT")
+    assert conn.listener is new
+    assert (old.held(), old.per_client) == (0, {})
+    assert (new.held(), new.per_client) == (1, {"127.0.0.2": 1})
+    assert conn.limits.max_connections == 5
+    conn.release_client()
+    assert new.per_client == {}
+
+
+def test_a_connection_stays_when_its_listener_is_gone_or_changed_protocol(h: Harness) -> None:
+    old = h.listener
+    conn, _ = h.client()
+    h.reload(CONFIG.replace('protocol = "http"', 'protocol = "tcp"'))
+    assert old.successor is None
+    conn.data_received(b"GET /x HT")
+    assert conn.listener is old
+
+
 # ---- idle connections given back (ClientConnection.reap) -----------------------------------
 
 GET = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -214,3 +243,33 @@ def test_a_silent_client_waits_in_the_kernel_within_the_first_bytes_timeout(
     )
     lc = dataclasses.replace(listener.config, protocol=protocol, limits=limits)
     assert defer_accept(lc) == defer
+
+
+def test_a_retired_graph_is_freed_without_the_cycle_collector(h: Harness) -> None:
+    # every reload drops a whole graph: reference counting must free it (no cycles
+    # between backends and their servers, or listeners and their certificate caches);
+    # what is left for the collector is saved in gc.garbage and must hold none of it
+    up = h.pooled_upstream()
+    conn, client = h.client()
+    conn.data_received(GET)
+    upstream = h.upstream_of(up)
+    upstream.data_received(ANSWER)
+    assert client.data().endswith(b"ok")
+    graph = (Runtime, ListenerRuntime, BackendRuntime, ServerRuntime, UpstreamConnection)
+    gc.collect()
+    gc.disable()
+    try:
+        h.reload(CONFIG)
+        conn.data_received(b"GET /x HT")  # the connection moves to the new listener
+        assert up.closed  # the retired pool closed its idle connection
+        upstream.connection_lost(None)  # as the event loop does after a close
+        h.upstreams.clear()
+        del upstream
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage if isinstance(o, graph)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
